@@ -1,0 +1,200 @@
+"""The ``blindharmony`` command: a BIDS App (participant and group levels).
+
+Order of a participant-level run, chosen so that bad input never leaves a partial
+derivative dataset behind: parse and check the arguments, validate the BIDS dataset,
+collect the T1w images and read every one of them, load the prior; only then create the
+output and work folders and run the nipype workflow. Errors end the program with one
+line ``blindharmony: error: <message>`` on stderr and the exit code of
+:mod:`bids_app.errors`.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before nipype is imported anywhere: no update check over the network.
+os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+import logging  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from .. import errors  # noqa: E402
+from ..__about__ import __packagename__  # noqa: E402
+
+LOGGER = logging.getLogger("blindharmony")
+
+
+def main(argv=None):
+    """Entry point of ``blindharmony``: run and exit with the BIDS-Apps exit code."""
+    sys.exit(run(argv))
+
+
+def run(argv=None):
+    """Run the BIDS App on ``argv`` (default ``sys.argv[1:]``); return the exit code."""
+    from .parser import get_parser, parse_args
+
+    try:
+        opts = parse_args(argv)
+    except errors.UsageError as err:
+        sys.stderr.write(get_parser().format_usage())
+        return _fail(err)
+    except errors.BlindHarmonyError as err:
+        return _fail(err)
+
+    _setup_logging(opts.verbose)
+    try:
+        if opts.analysis_level == "group":
+            return run_group_level(opts)
+        return run_participant_level(opts)
+    except errors.BlindHarmonyError as err:
+        return _fail(err)
+
+
+def _fail(err):
+    message = str(err).strip() or type(err).__name__
+    sys.stderr.write(f"{__packagename__}: error: {message}\n")
+    return err.exit_code
+
+
+def _setup_logging(verbose):
+    level = logging.DEBUG if verbose else logging.INFO
+    if not LOGGER.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(message)s", "%H:%M:%S"))
+        LOGGER.addHandler(handler)
+    LOGGER.setLevel(level)
+
+
+def run_group_level(opts):
+    """The group level (``bids_app.workflows.group.run_group``)."""
+    try:
+        from ..workflows.group import run_group
+    except ImportError as err:
+        # NOT IMPLEMENTED YET: the group level arrives with issue #4.
+        if getattr(err, "name", None) in (None, "bids_app.workflows.group"):
+            raise errors.UsageError("the group level arrives with issue #4") from None
+        raise
+    return run_group(opts.output_dir, opts.bids_dir) or errors.EX_OK
+
+
+def check_inputs(subject_files):
+    """Read every selected T1w image; the first bad one raises ``InputDataError`` (65)."""
+    from ..preprocess.image import load_t1w
+
+    for files in subject_files.values():
+        for path in files:
+            load_t1w(path)
+
+
+def run_participant_level(opts):
+    """The participant level; returns the exit code."""
+    from ..utils.bids import collect_t1w
+    from ..utils.derivatives import init_output_dir
+    from .validation import validate_bids
+    from .workflow import build_workflow, load_prior, resolve_device
+
+    if not opts.skip_bids_validation:
+        validate_bids(opts.bids_dir, opts.participant_label)
+
+    subject_files = collect_t1w(
+        opts.bids_dir, opts.participant_label, opts.session_label, opts.bids_filters
+    )
+    n_files = sum(len(files) for files in subject_files.values())
+    LOGGER.info(
+        "%d T1w image(s) of %d participant(s): %s",
+        n_files,
+        len(subject_files),
+        ", ".join(f"sub-{s}" for s in subject_files),
+    )
+    check_inputs(subject_files)
+    device = resolve_device(opts.device)
+    prior = load_prior(opts.prior)
+
+    # Nothing was written before this point.
+    init_output_dir(opts.output_dir, opts.bids_dir)
+    log_dir = opts.output_dir / "logs"
+    try:
+        opts.work_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise errors.OutputError(f"cannot create work folder {opts.work_dir}: {err}") from None
+    configure_nipype(opts, log_dir)
+
+    workflow = build_workflow(opts, subject_files, prior=prior, device=device)
+    if opts.write_graph:
+        try:
+            workflow.write_graph(graph2use="colored", format="svg", simple_form=True)
+        except Exception as err:  # graphviz missing: not worth failing the run
+            LOGGER.warning("could not write the workflow graph: %s", err)
+
+    plugin, plugin_args = plugin_settings(opts)
+    started = time.time()
+    try:
+        workflow.run(plugin=plugin, plugin_args=plugin_args)
+    except RuntimeError as err:
+        crashes = sorted(
+            str(p) for p in log_dir.glob("crash-*") if p.stat().st_mtime >= started - 1
+        )
+        where = "; crash file(s): " + ", ".join(crashes) if crashes else f" ({err})"
+        LOGGER.debug("workflow failed", exc_info=True)
+        raise errors.BlindHarmonyError(
+            f"a workflow node failed{where}", exit_code=errors.EX_CRASH
+        ) from None
+    LOGGER.info(
+        "Harmonized %d T1w image(s) into %s in %.0f s",
+        n_files,
+        opts.output_dir,
+        time.time() - started,
+    )
+    return errors.EX_OK
+
+
+def configure_nipype(opts, log_dir):
+    """Keep nipype's files in the work and log folders (nothing in ``$HOME``)."""
+    os.environ.setdefault("NIPYPE_CONFIG_DIR", str(Path(opts.work_dir) / ".nipype"))
+    from nipype import config, logging as nlogging
+
+    nipype_level = "DEBUG" if opts.verbose > 1 else "INFO" if opts.verbose else "WARNING"
+    config.update_config(
+        {
+            "execution": {
+                "crashdump_dir": str(log_dir),
+                "crashfile_format": "txt",
+                "check_version": "false",
+                "stop_on_first_crash": str(bool(opts.stop_on_first_crash)).lower(),
+                "remove_unnecessary_outputs": "true",
+                "get_linked_libs": "false",
+                "poll_sleep_duration": "0.05",
+                "create_report": "true",
+            },
+            "logging": {
+                "log_directory": str(log_dir),
+                "log_to_file": "false",
+                "workflow_level": nipype_level,
+                "interface_level": nipype_level,
+                "utils_level": "WARNING" if opts.verbose < 2 else "DEBUG",
+            },
+        }
+    )
+    nlogging.update_logging(config)
+
+
+def plugin_settings(opts):
+    """(plugin name, plugin_args): the ``--use-plugin`` file, Linear or MultiProc."""
+    if opts.plugin:
+        return opts.plugin["plugin"], dict(opts.plugin["plugin_args"])
+    if opts.nprocs == 1:
+        return "Linear", {}
+    args = {
+        "n_procs": opts.nprocs,
+        "poll_sleep_duration": 0.05,
+        "raise_insufficient": False,
+    }
+    if opts.mem_gb:
+        args["memory_gb"] = opts.mem_gb
+    return "MultiProc", args
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,54 @@
+"""Simulated scanner shifts of the paper's Table 1 (and a bias-field shift).
+
+Per the paper: the image is min-max normalized, transformed, and min-max normalized again.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _minmax(x):
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = x.min(), x.max()
+    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+
+
+def bias_field(shape, *, strength=0.35, seed=0):
+    """A smooth multiplicative field (B1-like): a random low-order polynomial, mean 1."""
+    rng = np.random.default_rng(seed)
+    grids = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    field = np.zeros(shape)
+    terms = [g for g in grids] + [g * h for i, g in enumerate(grids) for h in grids[i:]]
+    for term in terms:
+        field += rng.normal() * term
+    field /= np.abs(field).max() + 1e-12
+    return 1.0 + strength * field
+
+
+SHIFTS = {
+    "identity": lambda x: x,
+    "exp": np.exp,
+    "log": lambda x: np.log1p(x),
+    "gamma0.7": lambda x: x**0.7,
+    "gamma1.5": lambda x: x**1.5,
+}
+
+
+def apply_shift(volume, name, *, seed=0):
+    """Apply a named shift to a volume; returns float32 in [0, 1].
+
+    ``name`` is one of :data:`SHIFTS` or ``"bias+gamma0.8"`` (a smooth multiplicative
+    field, then gamma 0.8).
+    """
+    x = _minmax(volume)
+    if name == "bias+gamma0.8":
+        y = _minmax(x * bias_field(x.shape, seed=seed)) ** 0.8
+    elif name in SHIFTS:
+        y = SHIFTS[name](x)
+    else:
+        raise ValueError(f"unknown shift {name!r}")
+    return _minmax(y).astype(np.float32)
+
+
+ALL_SHIFTS = ["identity", "exp", "log", "gamma0.7", "gamma1.5", "bias+gamma0.8"]

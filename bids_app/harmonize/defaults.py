@@ -1,0 +1,13 @@
+"""Default harmonization settings, recorded in every prior bundle trained by this version.
+
+The paper's beta1 = 1000 belongs to its 144 x 176 slice grid: the gradient of the cosine
+similarity scales like 1 / |x|, and |x| grows with the square root of the number of pixels,
+so on our 96 x 112 grid the same step is beta1 = 1000 * sqrt(96 * 112 / (144 * 176)) = 651.
+"""
+
+DEFAULTS = {
+    "method": "flow-intensity",
+    "paper": {"alpha": 1e-3, "beta1": 651.0, "beta2": 1e-3, "iterations": 10},
+    "flow-intensity": {"knots": 17, "steps": 40, "lr": 0.05, "scoring_slices": 24,
+                       "smoothness": 0.0},
+}

@@ -1,0 +1,161 @@
+"""Resampling to the reference grid, harmonization and the way back to native space."""
+
+from pathlib import Path
+
+from nipype.interfaces.base import (
+    BaseInterfaceInputSpec,
+    File,
+    SimpleInterface,
+    TraitedSpec,
+    isdefined,
+    traits,
+)
+
+
+def _plain(value):
+    """JSON-friendly copy of a metrics value (numpy scalars and arrays to Python)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    return value
+
+
+class _ResampleToGridInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the T1w image (native space)")
+    reference = File(exists=True, mandatory=True, desc="the grid to resample onto")
+    transform = File(exists=True, mandatory=True, desc="ITK affine: reference -> T1w points")
+
+
+class _ResampleToGridOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the T1w image on the reference grid")
+
+
+class ResampleToGrid(SimpleInterface):
+    """Resample onto the reference grid (:func:`bids_app.preprocess.registration.resample_to_grid`)."""
+
+    input_spec = _ResampleToGridInputSpec
+    output_spec = _ResampleToGridOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ..preprocess.registration import read_itk_affine, resample_to_grid
+
+        grid = nib.load(self.inputs.reference)
+        data = resample_to_grid(
+            nib.load(self.inputs.in_file), grid, read_itk_affine(self.inputs.transform)
+        )
+        out_file = Path(runtime.cwd) / "t1w_ref.nii.gz"
+        nib.Nifti1Image(np.asarray(data, dtype="float32"), grid.affine).to_filename(out_file)
+        self._results["out_file"] = str(out_file)
+        return runtime
+
+
+def _camel(name):
+    """``scoring_slices`` -> ``ScoringSlices`` (sidecar keys are CamelCase in BIDS)."""
+    special = {"lr": "LearningRate", "map": "IntensityMap"}
+    return special.get(name) or "".join(p[:1].upper() + p[1:] for p in name.split("_"))
+
+
+class _HarmonizeInputSpec(BaseInterfaceInputSpec):
+    in_file = File(exists=True, mandatory=True, desc="the T1w image on the reference grid")
+    prior_path = File(exists=True, desc="prior bundle (default: the shipped prior)")
+    method = traits.Str("flow-intensity", usedefault=True, desc="harmonization method")
+    params = traits.Dict(desc="hyperparameter overrides (default: the prior's record)")
+    device = traits.Str("cpu", usedefault=True, desc="torch device")
+    num_threads = traits.Int(1, usedefault=True, desc="torch threads")
+
+
+class _HarmonizeOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the harmonized image on the reference grid")
+    out_map = File(exists=True, desc="per-slice intensity maps (npz: lut, low, high, valid)")
+    metrics = traits.Dict(desc="quality metrics and run time")
+    harmonization = traits.Dict(desc="method, device and the hyperparameters used")
+
+
+class Harmonize(SimpleInterface):
+    """Harmonize a reference-space volume (:func:`bids_app.harmonize.volume.harmonize_volume`)."""
+
+    input_spec = _HarmonizeInputSpec
+    output_spec = _HarmonizeOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+        import torch
+
+        from ..flow.bundle import load_bundle
+        from ..harmonize.volume import harmonize_volume
+
+        torch.set_num_threads(self.inputs.num_threads)
+        path = self.inputs.prior_path if isdefined(self.inputs.prior_path) else None
+        bundle = load_bundle(path, device=self.inputs.device)
+        img = nib.load(self.inputs.in_file)
+        params = self.inputs.params if isdefined(self.inputs.params) else {}
+        harmonized, result = harmonize_volume(
+            np.asanyarray(img.dataobj, dtype="float32"),
+            bundle,
+            method=self.inputs.method,
+            params={k: v for k, v in params.items() if v is not None},
+            device=self.inputs.device,
+            progress=False,
+        )
+        out_file = Path(runtime.cwd) / "t1w_ref_harmonized.nii.gz"
+        nib.Nifti1Image(np.asarray(harmonized, dtype="float32"), img.affine).to_filename(
+            out_file
+        )
+        out_map = Path(runtime.cwd) / "intensity_maps.npz"
+        np.savez(out_map, **{k: np.asarray(result[k]) for k in ("lut", "low", "high", "valid")})
+        record = {"Method": result["method"], "Device": self.inputs.device}
+        record.update({_camel(k): _plain(v) for k, v in result["params"].items()})
+        self._results.update(
+            out_file=str(out_file),
+            out_map=str(out_map),
+            metrics=_plain(dict(result["metrics"])),
+            harmonization=record,
+        )
+        return runtime
+
+
+class _ToNativeInputSpec(BaseInterfaceInputSpec):
+    native_file = File(exists=True, mandatory=True, desc="the T1w image (native space, RAS)")
+    in_map = File(exists=True, mandatory=True, desc="per-slice intensity maps (npz)")
+    transform = File(exists=True, mandatory=True, desc="ITK affine: reference -> T1w points")
+    reference = File(exists=True, mandatory=True, desc="the reference grid")
+
+
+class _ToNativeOutputSpec(TraitedSpec):
+    out_file = File(exists=True, desc="the harmonized image on the native grid")
+
+
+class ToNative(SimpleInterface):
+    """Carry the harmonization back to native space (:func:`bids_app.preprocess.native.to_native`)."""
+
+    input_spec = _ToNativeInputSpec
+    output_spec = _ToNativeOutputSpec
+
+    def _run_interface(self, runtime):
+        import nibabel as nib
+        import numpy as np
+
+        from ..preprocess.native import to_native
+        from ..preprocess.registration import read_itk_affine
+
+        maps = np.load(self.inputs.in_map)
+        img = to_native(
+            nib.load(self.inputs.native_file),
+            maps["lut"],
+            maps["low"],
+            maps["high"],
+            maps["valid"],
+            read_itk_affine(self.inputs.transform),
+            nib.load(self.inputs.reference).affine,
+        )
+        out_file = Path(runtime.cwd) / "t1w_harmonized.nii.gz"
+        img.to_filename(out_file)
+        self._results["out_file"] = str(out_file)
+        return runtime

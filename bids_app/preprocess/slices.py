@@ -1,0 +1,66 @@
+"""The prior's slice grid: from a reference-space volume to normalized axial slices and back.
+
+A reference-space volume has shape ``(X, Y, Z)`` (RAS); its axial slices are
+``volume[:, :, k]`` and become the flow's ``(Z, 1, X, Y)`` batch. Each slice is min-max
+normalized to [0, 1] on its own (as in the paper); the scale factors are kept so that
+:func:`reassemble` brings intensities back to the input's units.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Slices whose intensity range is below this fraction of the volume's range are empty.
+EMPTY_FRACTION = 1e-3
+
+
+def volume_to_slices(volume):
+    """``(X, Y, Z)`` volume -> ``(Z, 1, X, Y)`` stack of axial slices (float32)."""
+    volume = np.asarray(volume, dtype=np.float32)
+    return np.ascontiguousarray(volume.transpose(2, 0, 1)[:, None])
+
+
+def slices_to_volume(slices):
+    """``(Z, 1, X, Y)`` stack -> ``(X, Y, Z)`` volume."""
+    return np.ascontiguousarray(np.asarray(slices)[:, 0].transpose(1, 2, 0))
+
+
+def normalize_slices(volume):
+    """Min-max normalize every axial slice of a reference-space volume.
+
+    Parameters
+    ----------
+    volume : array ``(X, Y, Z)``
+
+    Returns
+    -------
+    slices : float32 array ``(Z, 1, X, Y)`` in [0, 1]
+    low, high : float arrays ``(Z,)``
+        Per-slice minimum and maximum (the scale factors).
+    valid : bool array ``(Z,)``
+        False for empty slices (range below ``EMPTY_FRACTION`` of the volume's range);
+        those slices are all zeros.
+    """
+    stack = volume_to_slices(volume)
+    low = stack.min(axis=(1, 2, 3)).astype(np.float64)
+    high = stack.max(axis=(1, 2, 3)).astype(np.float64)
+    span = high - low
+    valid = span > EMPTY_FRACTION * max(float(span.max()), 1e-12)
+    scale = np.where(valid, span, 1.0)
+    out = (stack - low[:, None, None, None]) / scale[:, None, None, None]
+    out[~valid] = 0.0
+    return out.astype(np.float32), low, high, valid
+
+
+def reassemble(slices, low, high):
+    """Undo :func:`normalize_slices`: ``(Z, 1, X, Y)`` in [0, 1] -> ``(X, Y, Z)`` volume."""
+    slices = np.asarray(slices, dtype=np.float64)
+    span = (np.asarray(high) - np.asarray(low))[:, None, None, None]
+    return slices_to_volume(slices * span + np.asarray(low)[:, None, None, None]).astype(
+        np.float32
+    )
+
+
+def head_fraction(slices, threshold=0.05):
+    """Fraction of each normalized slice above ``threshold`` (how much head it holds)."""
+    return (np.asarray(slices) > threshold).mean(axis=(1, 2, 3))
