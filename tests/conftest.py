@@ -3,12 +3,15 @@
 import json
 import os
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+DATA_DIR = Path(__file__).parent / "data"
 
 
 # ---------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def run_group_level(opts):
         if getattr(err, "name", None) in (None, "bids_app.workflows.group"):
             raise errors.UsageError("the group level arrives with issue #4") from None
         raise
-    return run_group(opts.output_dir, opts.bids_dir) or errors.EX_OK
+    return run_group(opts.output_dir, opts.bids_dir, prior_path=opts.prior) or errors.EX_OK
 
 
 def check_inputs(subject_files):

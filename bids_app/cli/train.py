@@ -108,6 +108,20 @@ def split_subjects(images, fraction, seed):
     return [i for i in images if i[0] not in val], [i for i in images if i[0] in val]
 
 
+def _cache_labels(images, reference):
+    """What the slice cache depends on: each image (path, size, mtime) and the reference."""
+    import hashlib
+
+    import numpy as np
+
+    ref = hashlib.sha256(np.asarray(reference.dataobj).tobytes() + reference.affine.tobytes())
+    labels = [f"reference:{ref.hexdigest()}"]
+    for subject, path in images:
+        stat = Path(path).stat()
+        labels.append(f"{subject}:{path}:{stat.st_size}:{int(stat.st_mtime)}")
+    return labels
+
+
 def _prepare_data(opts, images, reference, cache):
     """Register and slice the images once; cache the result for --resume."""
     import numpy as np
@@ -116,7 +130,7 @@ def _prepare_data(opts, images, reference, cache):
 
     if cache.is_file():
         with np.load(cache, allow_pickle=False) as npz:
-            if list(npz["labels"]) == [f"{s}:{p}" for s, p in images]:
+            if list(npz["labels"]) == _cache_labels(images, reference):
                 print(f"Using registered slices cached in {cache}", file=sys.stderr)
                 return SliceSet(
                     slices=npz["slices"], subject=npz["subject"], position=npz["position"],
@@ -132,7 +146,7 @@ def _prepare_data(opts, images, reference, cache):
     tmp = cache.with_name(cache.name + ".tmp.npz")
     np.savez(tmp, slices=sliceset.slices, subject=sliceset.subject,
              position=sliceset.position, volumes=sliceset.volumes,
-             labels=np.array([f"{s}:{p}" for s, p in images]))
+             labels=np.array(_cache_labels(images, reference)))
     tmp.replace(cache)
     return sliceset
 
@@ -203,7 +217,7 @@ def train(opts):
         flow.load_state_dict(ckpt["state_dict"])
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
-        scheduler.T_max = opts.steps
+        _stretch_cosine(optimizer, scheduler, opts.steps)
         state = TrainState(**ckpt["train_state"])
         print(f"Resuming at step {state.step} (best validation {state.best_bpd:.4f} bits/dim)",
               file=sys.stderr)
@@ -288,6 +302,28 @@ def train(opts):
           f"{state.step} steps in {time.time() - started:.0f} s; bundle: {bundle_path}",
           file=sys.stderr)
     return bundle_path
+
+
+def _stretch_cosine(optimizer, scheduler, steps):
+    """Continue a resumed cosine schedule over a new total of ``steps`` steps.
+
+    ``CosineAnnealingLR`` updates the rate recursively from the optimizer's current rate,
+    so changing ``T_max`` alone keeps the old schedule's rate (zero once a run has
+    finished, so a longer ``--resume --steps`` run would not train at all); set the
+    closed-form rate of the current step for the new length.
+    """
+    import math
+
+    scheduler.T_max = max(int(steps), 1)
+    t = min(scheduler.last_epoch, scheduler.T_max)
+    rates = [
+        scheduler.eta_min
+        + (base - scheduler.eta_min) * (1 + math.cos(math.pi * t / scheduler.T_max)) / 2
+        for base in scheduler.base_lrs
+    ]
+    for group, rate in zip(optimizer.param_groups, rates):
+        group["lr"] = rate
+    scheduler._last_lr = list(rates)
 
 
 def _dataset_name(bids_dir):

@@ -130,7 +130,7 @@ def train_flow(
         optimizer.step()
         scheduler.step()
         state.step += 1
-        value = float(loss)
+        value = float(loss.detach())
         running = value if running is None else 0.98 * running + 0.02 * value
         bar.update(1)
         bar.set_postfix(bpd=f"{running:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")

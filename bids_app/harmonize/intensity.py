@@ -22,10 +22,14 @@ def knots_from_logits(logits):
 
 
 def apply_map(x, values):
-    """Evaluate the piecewise-linear map with knot values ``values`` at ``x`` in [0, 1]."""
+    """Evaluate the piecewise-linear map with knot values ``values`` at ``x``.
+
+    Inside [0, 1] the map interpolates its knots; outside it continues linearly with the
+    slope of its first or last segment.
+    """
     n = values.shape[-1] - 1
-    t = x.clamp(0, 1) * n
-    index = t.floor().clamp(max=n - 1).long()
+    t = x * n
+    index = t.floor().clamp(0, n - 1).long()
     frac = t - index
     return values[index] + frac * (values[index + 1] - values[index])
 

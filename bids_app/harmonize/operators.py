@@ -50,16 +50,18 @@ def cosine_similarity_grad(x, xs, eps=1e-8):
 def edge_mask(xs, *, percentile=30.0, intensity=0.05):
     """Non-edge masks ``(Mx, My)`` of the source slices.
 
-    A pixel is kept in direction d when its absolute Sobel derivative along d is below the
+    A pixel is kept in direction d when its absolute Sobel derivative along d is at most the
     slice's ``percentile``-th percentile (of that direction) and its intensity is above
-    ``intensity`` (so background is not counted).
+    ``intensity`` (so background is not counted). "At most" rather than "below": when more
+    than 30 % of a slice is flat background the percentile is 0, and a strict comparison
+    would leave the mask empty on every such slice (quantized images have flat tissue too).
     """
     gx, gy = sobel(xs)
     foreground = xs > intensity
     masks = []
     for g in (gx.abs(), gy.abs()):
         threshold = torch.quantile(g.flatten(1), percentile / 100.0, dim=1)
-        masks.append(((g < threshold.view(-1, 1, 1, 1)) & foreground).to(xs.dtype))
+        masks.append(((g <= threshold.view(-1, 1, 1, 1)) & foreground).to(xs.dtype))
     return tuple(masks)
 
 

@@ -49,6 +49,8 @@ def blindharmony_paper(
         x_new = flow.inverse(z_new)
         ok = torch.isfinite(x_new).flatten(1).all(1) & torch.isfinite(z_new).all(1)
         x = torch.where(ok.view(-1, 1, 1, 1), x_new, x)
+        if z is None and not bool(ok.all()):
+            z = flow(x)[0]
         z = z_new if z is None else torch.where(ok.view(-1, 1), z_new, z)
         if progress is not None:
             progress(1)

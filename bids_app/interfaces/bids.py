@@ -25,6 +25,10 @@ class _DerivativesDataSinkInputSpec(BaseInterfaceInputSpec):
     prior = traits.Dict(desc="Name, Version, SHA256 of the prior")
     harmonization = traits.Dict(desc="method and hyperparameters")
     metrics = traits.Dict(desc="quality metrics")
+    wait_for = traits.Any(
+        desc="ignored; connect the last output of a pipeline so that no derivative is "
+        "written before all of them can be"
+    )
     sources = InputMultiObject(
         File(exists=True), desc="derivatives this file also derives from (e.g. transforms)"
     )

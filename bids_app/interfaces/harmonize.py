@@ -34,7 +34,10 @@ class _ResampleToGridOutputSpec(TraitedSpec):
 
 
 class ResampleToGrid(SimpleInterface):
-    """Resample onto the reference grid (:func:`bids_app.preprocess.registration.resample_to_grid`)."""
+    """Resample onto the reference grid.
+
+    Calls :func:`bids_app.preprocess.registration.resample_to_grid`.
+    """
 
     input_spec = _ResampleToGridInputSpec
     output_spec = _ResampleToGridOutputSpec
@@ -109,7 +112,11 @@ class Harmonize(SimpleInterface):
             out_file
         )
         out_map = Path(runtime.cwd) / "intensity_maps.npz"
-        np.savez(out_map, **{k: np.asarray(result[k]) for k in ("lut", "low", "high", "valid")})
+        arrays = {k: np.asarray(result[k]) for k in ("lut", "low", "high", "valid")}
+        if result.get("global_map") is not None:
+            arrays["map_values"] = np.asarray(result["global_map"]["values"])
+            arrays["map_scale"] = np.asarray(result["global_map"]["scale"])
+        np.savez(out_map, **arrays)
         record = {"Method": result["method"], "Device": self.inputs.device}
         record.update({_camel(k): _plain(v) for k, v in result["params"].items()})
         self._results.update(
@@ -123,6 +130,7 @@ class Harmonize(SimpleInterface):
 
 class _ToNativeInputSpec(BaseInterfaceInputSpec):
     native_file = File(exists=True, mandatory=True, desc="the T1w image (native space, RAS)")
+    source_file = File(exists=True, desc="the original T1w: the output takes its orientation")
     in_map = File(exists=True, mandatory=True, desc="per-slice intensity maps (npz)")
     transform = File(exists=True, mandatory=True, desc="ITK affine: reference -> T1w points")
     reference = File(exists=True, mandatory=True, desc="the reference grid")
@@ -133,7 +141,10 @@ class _ToNativeOutputSpec(TraitedSpec):
 
 
 class ToNative(SimpleInterface):
-    """Carry the harmonization back to native space (:func:`bids_app.preprocess.native.to_native`)."""
+    """Carry the harmonization back to native space.
+
+    Calls :func:`bids_app.preprocess.native.to_native`.
+    """
 
     input_spec = _ToNativeInputSpec
     output_spec = _ToNativeOutputSpec
@@ -142,10 +153,14 @@ class ToNative(SimpleInterface):
         import nibabel as nib
         import numpy as np
 
+        from ..preprocess.image import reorient_like
         from ..preprocess.native import to_native
         from ..preprocess.registration import read_itk_affine
 
         maps = np.load(self.inputs.in_map)
+        global_map = None
+        if "map_values" in maps:
+            global_map = {"values": maps["map_values"], "scale": float(maps["map_scale"])}
         img = to_native(
             nib.load(self.inputs.native_file),
             maps["lut"],
@@ -154,7 +169,10 @@ class ToNative(SimpleInterface):
             maps["valid"],
             read_itk_affine(self.inputs.transform),
             nib.load(self.inputs.reference).affine,
+            global_map,
         )
+        if isdefined(self.inputs.source_file):
+            img = reorient_like(img, nib.load(self.inputs.source_file))
         out_file = Path(runtime.cwd) / "t1w_harmonized.nii.gz"
         img.to_filename(out_file)
         self._results["out_file"] = str(out_file)

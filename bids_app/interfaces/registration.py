@@ -14,7 +14,9 @@ from nipype.interfaces.base import (
 class _RegisterAffineInputSpec(BaseInterfaceInputSpec):
     moving = File(exists=True, mandatory=True, desc="the T1w image (native space)")
     fixed = File(exists=True, mandatory=True, desc="the reference image")
-    engine = traits.Enum("simpleitk", usedefault=True, desc="registration tool (FLIRT runs as its own node)")
+    engine = traits.Enum(
+        "simpleitk", usedefault=True, desc="registration tool (FLIRT runs as its own node)"
+    )
     num_threads = traits.Int(1, usedefault=True, desc="threads")
 
 
@@ -52,7 +54,10 @@ class _FSLToITKInputSpec(BaseInterfaceInputSpec):
 
 
 class FSLToITK(SimpleInterface):
-    """Convert a FLIRT matrix to our ITK affine (:func:`bids_app.preprocess.registration.fsl_to_ras`)."""
+    """Convert a FLIRT matrix to our ITK affine.
+
+    Calls :func:`bids_app.preprocess.registration.fsl_to_ras`.
+    """
 
     input_spec = _FSLToITKInputSpec
     output_spec = _RegisterAffineOutputSpec

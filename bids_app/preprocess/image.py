@@ -57,7 +57,19 @@ def load_t1w(path):
     header = img.header.copy()
     header.set_data_dtype(np.float32)
     header.set_slope_inter(1.0, 0.0)
-    fixed = nb.Nifti1Image(data, affine, header)
-    fixed.set_qform(affine, code=1)
-    fixed.set_sform(affine, code=1)
-    return nb.as_closest_canonical(fixed)
+    canonical = nb.as_closest_canonical(nb.Nifti1Image(data, affine, header))
+    canonical.set_qform(canonical.affine, code=1)
+    canonical.set_sform(canonical.affine, code=1)
+    return canonical
+
+
+def reorient_like(img, like):
+    """Reorient ``img`` (e.g. a RAS result) to the voxel orientation of ``like``.
+
+    The output then has ``like``'s shape and affine (up to float precision), so a
+    derivative lines up voxel for voxel with its source file.
+    """
+    target = nb.orientations.io_orientation(like.affine)
+    return img.as_reoriented(
+        nb.orientations.ornt_transform(nb.orientations.io_orientation(img.affine), target)
+    )

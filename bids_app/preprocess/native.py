@@ -83,7 +83,8 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
         coord.shape, dtype=int
     )
     weight = coord - k0
-    out = np.empty_like(data)
+    data = np.ascontiguousarray(data)
+    out = np.empty(data.shape, dtype=np.float64)  # C order: reshape(-1) must be a view
     flat_k0 = k0.ravel()
     order = np.argsort(flat_k0, kind="stable")
     bounds = np.searchsorted(flat_k0[order], np.arange(len(lut) + 1))

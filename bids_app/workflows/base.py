@@ -7,6 +7,7 @@
       single_subject_<label>_wf           one per participant
         t1w_[ses_<s>_][acq_<a>_]..[run_<r>_]wf   one per T1w image
           load_t1w -> register -> to_reference -> harmonize -> to_native -> ds_t1w_wf
+        merge_t1w -> ds_report_wf          the subject's HTML report, after all its images
 """
 
 import shutil
@@ -19,7 +20,7 @@ from ..interfaces.image import LoadT1w
 from ..interfaces.prior import PriorReference
 from ..interfaces.registration import FSLToITK, RegisterAffine
 from ..utils.derivatives import source_entities
-from .outputs import init_ds_t1w_wf
+from .outputs import init_ds_report_wf, init_ds_t1w_wf
 
 #: Short names of the entities that tell apart the T1w images of one participant.
 _NAME_ENTITIES = (
@@ -163,11 +164,17 @@ def init_single_subject_wf(
     """
     workflow = pe.Workflow(name=name or f"single_subject_{subject_id}_wf")
     inputnode = pe.Node(niu.IdentityInterface(fields=["reference"]), name="inputnode")
+    merge_t1w = pe.Node(niu.Merge(len(t1w_files)), name="merge_t1w",
+                        run_without_submitting=True)
+    ds_report_wf = init_ds_report_wf(
+        subject_id=subject_id, bids_dir=bids_dir, output_dir=output_dir
+    )
+    workflow.connect(merge_t1w, "out", ds_report_wf, "inputnode.t1w_harmonized")
 
     names = [t1w_wf_name(f) for f in t1w_files]
     if len(set(names)) != len(names):
         raise ValueError(f"sub-{subject_id}: two T1w images with the same entities")
-    for t1w_file, wf_name in zip(t1w_files, names):
+    for index, (t1w_file, wf_name) in enumerate(zip(t1w_files, names), start=1):
         t1w_harmonize_wf = init_t1w_harmonize_wf(
             bids_dir=bids_dir,
             output_dir=output_dir,
@@ -183,7 +190,12 @@ def init_single_subject_wf(
             name=wf_name,
         )
         t1w_harmonize_wf.inputs.inputnode.t1w_file = str(t1w_file)
-        workflow.connect(inputnode, "reference", t1w_harmonize_wf, "inputnode.reference")
+        # fmt: off
+        workflow.connect([
+            (inputnode, t1w_harmonize_wf, [("reference", "inputnode.reference")]),
+            (t1w_harmonize_wf, merge_t1w, [("outputnode.t1w_harmonized", f"in{index}")]),
+        ])
+        # fmt: on
     return workflow
 
 
@@ -303,6 +315,7 @@ def init_t1w_harmonize_wf(
         (xfm_node, to_reference, [(xfm_field, "transform")]),
         (to_reference, harmonize, [("out_file", "in_file")]),
         (load_t1w, to_native, [("out_file", "native_file")]),
+        (inputnode, to_native, [("t1w_file", "source_file")]),
         (harmonize, to_native, [("out_map", "in_map")]),
         (xfm_node, to_native, [(xfm_field, "transform")]),
         (inputnode, to_native, [("reference", "reference")]),

@@ -4,6 +4,7 @@ from nipype.interfaces import utility as niu
 from nipype.pipeline import engine as pe
 
 from ..interfaces.bids import DerivativesDataSink
+from ..interfaces.reports import SubjectReport
 from ..utils.derivatives import resolution_label
 
 
@@ -106,12 +107,15 @@ def init_ds_t1w_wf(
 
     # fmt: off
     workflow.connect([
+        # the native image comes last: no derivative is written before it exists
         (inputnode, ds_t1w2std_xfm, [("source_file", "source_file"),
-                                     ("t1w2std_xfm", "in_file")]),
+                                     ("t1w2std_xfm", "in_file"),
+                                     ("t1w_harmonized", "wait_for")]),
         (inputnode, ds_std_t1w, [("source_file", "source_file"),
                                  ("std_t1w_harmonized", "in_file"),
                                  ("metrics", "metrics"),
-                                 ("harmonization", "harmonization")]),
+                                 ("harmonization", "harmonization"),
+                                 ("t1w_harmonized", "wait_for")]),
         (ds_t1w2std_xfm, ds_std_t1w, [("out_file", "sources")]),
         (inputnode, ds_t1w, [("source_file", "source_file"),
                              ("t1w_harmonized", "in_file"),
@@ -120,6 +124,53 @@ def init_ds_t1w_wf(
         (ds_t1w, outputnode, [("out_file", "t1w_harmonized")]),
         (ds_std_t1w, outputnode, [("out_file", "std_t1w_harmonized")]),
         (ds_t1w2std_xfm, outputnode, [("out_file", "t1w2std_xfm")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def init_ds_report_wf(*, subject_id, bids_dir, output_dir, name="ds_report_wf"):
+    """Write the participant's HTML report once all its T1w images are harmonized.
+
+    Outputs ``sub-<label>.html`` at the root of the output dataset and its figures in
+    ``sub-<label>/figures/`` (:mod:`bids_app.reports.participant`).
+
+    Parameters
+    ----------
+    subject_id : str
+        Participant label (without ``sub-``).
+    bids_dir : str
+        The input BIDS dataset (source images for the before/after mosaics).
+    output_dir : str
+        Root of the output dataset.
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    t1w_harmonized
+        The participant's written native-space harmonized images (list): the report
+        waits for them.
+
+    Outputs
+    -------
+    out_report
+        Path of the HTML report.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_harmonized"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["out_report"]), name="outputnode")
+
+    ds_report = pe.Node(
+        SubjectReport(output_dir=str(output_dir), bids_dir=str(bids_dir),
+                      subject_id=subject_id),
+        name="ds_report",
+        run_without_submitting=True,
+    )
+    # fmt: off
+    workflow.connect([
+        (inputnode, ds_report, [("t1w_harmonized", "wait_for")]),
+        (ds_report, outputnode, [("out_report", "out_report")]),
     ])
     # fmt: on
     return workflow

@@ -1,0 +1,133 @@
+"""Monotone intensity maps: parametrization, evaluation, LUT fitting, flow-guided fit."""
+
+import numpy as np
+import pytest
+import torch
+
+from bids_app.harmonize.intensity import (
+    apply_map,
+    fit_intensity_map,
+    fit_lut,
+    identity_knots,
+    knots_from_logits,
+)
+
+
+def test_knots_from_logits_increasing_from_0_to_1():
+    logits = torch.randn(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    values = knots_from_logits(logits)
+    assert values.shape == (17,)
+    assert values[0].item() == 0.0
+    assert values[-1].item() == pytest.approx(1.0, abs=1e-12)
+    assert torch.all(torch.diff(values) > 0)
+    torch.testing.assert_close(torch.diff(values), torch.softmax(logits, dim=0))
+
+
+def test_zero_logits_give_identity():
+    values = knots_from_logits(torch.zeros(8, dtype=torch.float64))
+    np.testing.assert_allclose(values.numpy(), identity_knots(9), atol=1e-12)
+    x = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(apply_map(x, values), x)
+
+
+def test_apply_map_interpolates_knots():
+    values = torch.tensor([0.0, 0.5, 0.6, 1.0], dtype=torch.float64)
+    knots = torch.linspace(0, 1, 4, dtype=torch.float64)
+    torch.testing.assert_close(apply_map(knots, values), values)
+    # midpoints are averages of neighbouring values
+    mid = (knots[1:] + knots[:-1]) / 2
+    torch.testing.assert_close(apply_map(mid, values), (values[1:] + values[:-1]) / 2)
+    # outside [0, 1]: linear continuation with the end segments' slopes (1.5 and 1.2)
+    outside = apply_map(torch.tensor([-0.5, 1.5], dtype=torch.float64), values)
+    torch.testing.assert_close(outside, torch.tensor([-0.75, 1.6], dtype=torch.float64))
+
+
+def test_apply_map_gradient_reaches_values():
+    values = torch.tensor([0.0, 0.3, 1.0], dtype=torch.float64, requires_grad=True)
+    out = apply_map(torch.tensor([0.25, 0.75], dtype=torch.float64), values)
+    out.sum().backward()
+    # 0.25 -> halfway between knots 0 and 1; 0.75 -> halfway between knots 1 and 2
+    torch.testing.assert_close(values.grad, torch.tensor([0.5, 1.0, 0.5], dtype=torch.float64))
+
+
+def test_fit_lut_recovers_gamma():
+    rng = np.random.default_rng(0)
+    source = rng.random((64, 64))
+    target = source**0.7
+    values = fit_lut(source, target, np.ones_like(source, dtype=bool), n_knots=33)
+    knots = np.linspace(0, 1, 33)
+    assert values.shape == (33,)
+    assert np.all(np.diff(values) >= 0)
+    error = np.abs(values - knots**0.7)
+    # binned means: the first (half-width) bin is biased by the curvature at 0
+    assert error[1:].max() < 5e-3
+    assert error[0] < 0.05
+
+
+def test_fit_lut_uses_only_the_mask():
+    rng = np.random.default_rng(1)
+    source = rng.random((48, 48))
+    target = source**1.5
+    mask = source > 0.0
+    mask[:, :24] = False
+    target[:, :24] = rng.random((48, 24))  # garbage outside the mask
+    values = fit_lut(source, target, mask, n_knots=17)
+    assert np.abs(values[1:-1] - np.linspace(0, 1, 17)[1:-1] ** 1.5).max() < 0.01
+
+
+def test_fit_lut_is_made_non_decreasing():
+    source = np.linspace(0, 1, 2000)
+    target = np.where(source < 0.5, source, 1.0 - source)  # rises then falls
+    values = fit_lut(source, target, np.ones_like(source, dtype=bool), n_knots=11)
+    assert np.all(np.diff(values) >= 0)
+    # the bin at 0.5 averages the tent over [0.45, 0.55]: 0.475
+    assert values[5] == pytest.approx(0.475, abs=2e-3)
+    np.testing.assert_allclose(values[:5], np.linspace(0, 1, 11)[:5], atol=0.03)
+    assert np.all(values[6:] == values[5])  # held at the peak, not decreasing
+
+
+def test_fit_lut_falls_back_to_identity_with_too_few_points():
+    source = np.array([0.1, 0.5, 0.9])
+    values = fit_lut(source, source**2, np.ones(3, dtype=bool), n_knots=5)
+    np.testing.assert_array_equal(values, np.linspace(0, 1, 5))
+
+
+def _slices(n=4, shape=(16, 16), seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]] / (shape[0] - 1)
+    out = []
+    for _ in range(n):
+        cy, cx = rng.uniform(0.4, 0.6, 2)
+        img = np.exp(-(((yy - cy) / 0.35) ** 2 + ((xx - cx) / 0.3) ** 2)) ** 0.5
+        img = img + 0.05 * rng.random(shape)
+        out.append((img - img.min()) / (img.max() - img.min()))
+    return torch.from_numpy(np.stack(out)[:, None].astype(np.float32))
+
+
+def test_fit_intensity_map_on_tiny_flow(lib_flow_factory):
+    flow = lib_flow_factory((16, 16), seed=2)
+    xs = _slices()
+    requires = [p.requires_grad for p in flow.parameters()]
+    before = {k: v.clone() for k, v in flow.state_dict().items()}
+    calls = []
+    values, history = fit_intensity_map(flow, xs, n_knots=9, steps=7, lr=0.2,
+                                        progress=calls.append)
+    # history: the starting map's loss, then one value per step
+    assert len(history) == 7 + 1 and len(calls) == 7
+    assert all(np.isfinite(history))
+    assert isinstance(values, np.ndarray) and values.shape == (9,)
+    assert values[0] == pytest.approx(0.0, abs=1e-9)
+    assert values[-1] == pytest.approx(1.0, abs=1e-6)
+    assert np.all(np.diff(values) > 0)
+    # the flow is untouched and its parameters trainable again
+    assert [p.requires_grad for p in flow.parameters()] == requires
+    for k, v in flow.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_fit_intensity_map_zero_steps(lib_flow_factory):
+    flow = lib_flow_factory((16, 16), seed=2)
+    values, history = fit_intensity_map(flow, _slices(seed=1), n_knots=5, steps=0)
+    assert len(history) == 1
+    assert values.shape == (5,) and np.all(np.diff(values) > 0)
+    assert values[0] == pytest.approx(0.0, abs=1e-9) and values[-1] == pytest.approx(1.0)
