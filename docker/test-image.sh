@@ -8,7 +8,9 @@
 # localhost/debian:bookworm-min, made with mmdebstrap when missing), WHEELS (a local
 # wheel folder mounted as /wheels; default: pip's configured find-links, if any),
 # CA_BUNDLE (default /etc/ssl/certs/ca-certificates.crt), DEBIAN_MIRROR, KEEP=1 to keep
-# the output folders. Needs root (apt-get, rootful podman). Heavy steps run under
+# the output folders, NPROCS (default 2: the MultiProc scheduler), RUN_TIMEOUT (seconds
+# per container run, default 900), PRIOR (a prior bundle file to pass with --prior
+# instead of the one shipped in the image). Needs root (apt-get, rootful podman). Heavy steps run under
 # `nice -n 19`. Prints one PASS/FAIL line per check and exits non-zero on any FAIL.
 set -euo pipefail
 
@@ -20,6 +22,8 @@ CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 FIXTURE=$repo/tests/data/ixi-hh-mini
 SUBJECT=IXI052
+NPROCS=${NPROCS:-2}
+RUN_TIMEOUT=${RUN_TIMEOUT:-900}
 build=1
 [[ "${1:-}" == "--no-build" ]] && build=0
 
@@ -93,8 +97,13 @@ scratch=$(mktemp -d /tmp/blindharmony-test.XXXXXX)
 [[ -n "${KEEP:-}" ]] || trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/out" "$scratch/work"
 chmod 0777 "$scratch/out" "$scratch/work"  # the image runs as uid 1000
-run=(podman run --rm --read-only --tmpfs /tmp --network=none
+run=(podman run --rm --read-only --tmpfs /tmp --network=none --timeout "$RUN_TIMEOUT"
   -v "$FIXTURE:/data:ro" -v "$scratch/out:/out" -v "$scratch/work:/work")
+prior_args=()
+if [[ -n "${PRIOR:-}" ]]; then
+  run+=(-v "$(realpath "$PRIOR"):/prior/$(basename "$PRIOR"):ro")
+  prior_args=(--prior "/prior/$(basename "$PRIOR")")
+fi
 
 version=$("${run[@]}" --user 4321:4321 "$IMAGE" --version 2>&1) || true
 echo "$version"
@@ -105,7 +114,7 @@ log "participant run (sub-$SUBJECT)"
 start=$(date +%s)
 participant_rc=0
 nice -n 19 "${run[@]}" "$IMAGE" /data /out participant --participant-label "$SUBJECT" \
-  -w /work --nprocs 2 --omp-nthreads 2 || participant_rc=$?
+  -w /work --nprocs "$NPROCS" --omp-nthreads 1 "${prior_args[@]}" || participant_rc=$?
 log "participant run: exit $participant_rc after $(($(date +%s) - start)) s"
 check "participant run exits 0 (got $participant_rc)" test "$participant_rc" -eq 0
 found() { [[ -n "$(find "$@" -print -quit 2> /dev/null)" ]]; }

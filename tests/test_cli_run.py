@@ -122,18 +122,6 @@ def test_validator_missing_is_a_warning(capsys, bids_skeleton, dirs, fake_librar
         os.environ["PATH"] = os_path
 
 
-def test_group_level_not_yet(capsys, bids_skeleton, dirs):
-    try:
-        import bids_app.workflows.group  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("the group level exists (issue #4): tested elsewhere")
-    out, work = dirs
-    code, err = _run(capsys, bids_skeleton, out, "group", "-w", work)
-    assert code == 64 and "issue #4" in err
-
-
 def test_participant_run(capsys, bids_skeleton, dirs, fake_library, validator):
     """Full run with fake numerics: every T1w gets its derivatives; outputs validate."""
     out, work = dirs
@@ -197,6 +185,10 @@ def test_node_crash(capsys, bids_skeleton, dirs, fake_library, monkeypatch):
 def test_plugin_settings(bids_skeleton, tmp_path):
     base = [str(bids_skeleton), str(tmp_path / "o"), "participant", "-w", str(tmp_path / "w")]
     assert plugin_settings(parse_args(base + ["--nprocs", "1"])) == ("Linear", {})
-    name, args = plugin_settings(parse_args(base + ["--nprocs", "2", "--mem-gb", "3"]))
+    # room for one job at a time: Linear, the job gets all threads
+    assert plugin_settings(parse_args(base + ["--nprocs", "2"]))[0] == "Linear"
+    name, args = plugin_settings(parse_args(base + ["--nprocs", "4", "--omp-nthreads", "2",
+                                                    "--mem-gb", "3"]))
     assert name == "MultiProc"
-    assert args["n_procs"] == 2 and args["memory_gb"] == 3 and args["poll_sleep_duration"] == 0.05
+    assert args["n_procs"] == 4 and args["memory_gb"] == 3 and args["poll_sleep_duration"] == 0.05
+    assert args["mp_context"] == "forkserver"

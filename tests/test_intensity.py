@@ -6,28 +6,23 @@ import torch
 
 from bids_app.harmonize.intensity import (
     apply_map,
+    estimate_gamma,
     fit_intensity_map,
     fit_lut,
-    identity_knots,
-    knots_from_logits,
+    golden_section,
 )
 
 
-def test_knots_from_logits_increasing_from_0_to_1():
-    logits = torch.randn(16, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
-    values = knots_from_logits(logits)
-    assert values.shape == (17,)
-    assert values[0].item() == 0.0
-    assert values[-1].item() == pytest.approx(1.0, abs=1e-12)
-    assert torch.all(torch.diff(values) > 0)
-    torch.testing.assert_close(torch.diff(values), torch.softmax(logits, dim=0))
-
-
-def test_zero_logits_give_identity():
-    values = knots_from_logits(torch.zeros(8, dtype=torch.float64))
-    np.testing.assert_allclose(values.numpy(), identity_knots(9), atol=1e-12)
+def test_identity_knots_map_identically():
+    values = torch.linspace(0, 1, 9, dtype=torch.float64)
     x = torch.rand(2, 1, 5, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     torch.testing.assert_close(apply_map(x, values), x)
+
+
+def test_golden_section_finds_minimum():
+    arg, value = golden_section(lambda t: (t - 0.37) ** 2 + 1.0, -2.0, 3.0, 30)
+    assert arg == pytest.approx(0.37, abs=1e-4)
+    assert value == pytest.approx(1.0, abs=1e-6)
 
 
 def test_apply_map_interpolates_knots():
@@ -107,27 +102,29 @@ def _slices(n=4, shape=(16, 16), seed=0):
 def test_fit_intensity_map_on_tiny_flow(lib_flow_factory):
     flow = lib_flow_factory((16, 16), seed=2)
     xs = _slices()
-    requires = [p.requires_grad for p in flow.parameters()]
     before = {k: v.clone() for k, v in flow.state_dict().items()}
     calls = []
-    values, history = fit_intensity_map(flow, xs, n_knots=9, steps=7, lr=0.2,
-                                        progress=calls.append)
-    # history: the starting map's loss, then one value per step
-    assert len(history) == 7 + 1 and len(calls) == 7
-    assert all(np.isfinite(history))
+    values, info = fit_intensity_map(flow, xs, n_knots=9, evaluations=7, progress=calls.append)
+    assert sum(calls) == 8
     assert isinstance(values, np.ndarray) and values.shape == (9,)
     assert values[0] == pytest.approx(0.0, abs=1e-9)
     assert values[-1] == pytest.approx(1.0, abs=1e-6)
     assert np.all(np.diff(values) > 0)
-    # the flow is untouched and its parameters trainable again
-    assert [p.requires_grad for p in flow.parameters()] == requires
+    # the applied map is the estimate corrected by the (here neutral) bias
+    assert info["gamma"] == pytest.approx(info["gamma_hat"]) or info["in_domain"]
+    np.testing.assert_allclose(values, np.linspace(0, 1, 9) ** info["gamma"], atol=1e-4)
     for k, v in flow.state_dict().items():
         assert torch.equal(v, before[k]), k
 
 
-def test_fit_intensity_map_zero_steps(lib_flow_factory):
+def test_gate_and_bias_correction(lib_flow_factory):
     flow = lib_flow_factory((16, 16), seed=2)
-    values, history = fit_intensity_map(flow, _slices(seed=1), n_knots=5, steps=0)
-    assert len(history) == 1
-    assert values.shape == (5,) and np.all(np.diff(values) > 0)
-    assert values[0] == pytest.approx(0.0, abs=1e-9) and values[-1] == pytest.approx(1.0)
+    xs = _slices(seed=1)
+    gamma_hat, _, _ = estimate_gamma(flow, xs, evaluations=10)
+    # a bias equal to the estimate itself: the corrected map is the identity
+    values, info = fit_intensity_map(flow, xs, n_knots=5, evaluations=10, gamma_bias=gamma_hat)
+    np.testing.assert_allclose(values, np.linspace(0, 1, 5), atol=1e-3)
+    # a gate larger than any possible gain leaves the image unchanged
+    values, info = fit_intensity_map(flow, xs, n_knots=5, evaluations=10, gate_bits=1e9)
+    assert info["in_domain"] and info["gamma"] == 1.0
+    np.testing.assert_allclose(values, np.linspace(0, 1, 5))

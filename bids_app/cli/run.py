@@ -44,6 +44,8 @@ def run(argv=None):
         return _fail(err)
 
     _setup_logging(opts.verbose)
+    # Caches of libraries (matplotlib's font list) go to the work folder, never to $HOME.
+    os.environ.setdefault("MPLCONFIGDIR", str(Path(opts.work_dir).absolute() / ".matplotlib"))
     try:
         if opts.analysis_level == "group":
             return run_group_level(opts)
@@ -184,10 +186,13 @@ def plugin_settings(opts):
     """(plugin name, plugin_args): the ``--use-plugin`` file, Linear or MultiProc."""
     if opts.plugin:
         return opts.plugin["plugin"], dict(opts.plugin["plugin_args"])
-    if opts.nprocs == 1:
+    if opts.nprocs // max(1, opts.omp_nthreads or 1) <= 1:
+        # one job at a time: no process pool needed
         return "Linear", {}
     args = {
         "n_procs": opts.nprocs,
+        # fork after torch has run deadlocks MultiProc's workers; start them clean
+        "mp_context": "forkserver",
         "poll_sleep_duration": 0.05,
         "raise_insufficient": False,
     }

@@ -57,6 +57,9 @@ def get_parser():
                      help="stop after this much training time (resume later with --resume)")
     run.add_argument("--resume", action="store_true",
                      help="continue from OUTPUT_BUNDLE's checkpoint (OUTPUT_BUNDLE.ckpt)")
+    run.add_argument("--recalibrate", action="store_true",
+                     help="only re-measure the harmonization calibration of OUTPUT_BUNDLE on "
+                          "the validation images (no training)")
     run.add_argument("-w", "--work-dir", type=Path, default=None,
                      help="where registered slices are cached (default: next to the bundle)")
     ref = parser.add_argument_group("Reference space")
@@ -249,7 +252,8 @@ def train(opts):
             "flip_augmentation": not opts.no_flip,
             "device": str(device),
             "threads": nthreads,
-            "wall_seconds": round(current.seconds, 1),
+            "wall_seconds": current.history[-1]["seconds"] if current.history
+            else round(current.seconds, 1),
             "history": current.history,
             "presets_known": sorted(PRESETS),
         }
@@ -290,6 +294,13 @@ def train(opts):
         torch.save(payload, tmp)
         tmp.replace(ckpt_path)
 
+    val_volumes = data.volumes[[i for i, s in enumerate(data.subjects) if s in val_subjects]]
+    if not len(val_volumes):
+        val_volumes = volumes[:1]
+    if opts.recalibrate:
+        calibrate_bundle(bundle_path, val_volumes, device=device)
+        return bundle_path
+
     started = time.time()
     state = train_flow(
         flow, train_slices, val_slices, steps=opts.steps, batch_size=opts.batch_size,
@@ -298,6 +309,7 @@ def train(opts):
         on_checkpoint=on_checkpoint, on_best=on_best, flip=not opts.no_flip,
         max_seconds=None if opts.max_minutes is None else opts.max_minutes * 60,
     )
+    calibrate_bundle(bundle_path, val_volumes, device=device)
     print(f"Best validation {state.best_bpd:.4f} bits/dim at step {state.best_step}; "
           f"{state.step} steps in {time.time() - started:.0f} s; bundle: {bundle_path}",
           file=sys.stderr)
@@ -324,6 +336,32 @@ def _stretch_cosine(optimizer, scheduler, steps):
     for group, rate in zip(optimizer.param_groups, rates):
         group["lr"] = rate
     scheduler._last_lr = list(rates)
+
+
+def calibrate_bundle(bundle_path, volumes, *, device="cpu"):
+    """Measure the prior's bias on validation volumes and record it in the bundle.
+
+    See :func:`bids_app.harmonize.intensity.calibrate_power_map`.
+    """
+    import torch
+
+    from ..flow.bundle import load_bundle
+    from ..harmonize.intensity import calibrate_power_map
+
+    bundle = load_bundle(bundle_path, device=device)
+    scoring = bundle.harmonization.get("flow-intensity", {}).get("scoring_slices", 24)
+    with torch.no_grad():
+        calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring)
+    from ..harmonize.defaults import DEFAULTS
+
+    record = {**DEFAULTS, **{k: v for k, v in bundle.harmonization.items() if k == "paper"}}
+    record["flow-intensity"] = {**DEFAULTS["flow-intensity"], **calibration}
+    bundle.harmonization = record
+    bundle.save(bundle_path)
+    print(f"Calibration on {len(volumes)} validation image(s): gamma bias "
+          f"{calibration['gamma_bias']}, gate {calibration['gate_bits']} bits/pixel",
+          file=sys.stderr)
+    return calibration
 
 
 def _dataset_name(bids_dir):

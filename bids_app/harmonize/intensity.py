@@ -1,24 +1,21 @@
-"""Monotone intensity maps: the flow prior chooses a contrast change of the source.
+"""Monotone intensity maps chosen by the flow prior: the ``flow-intensity`` method.
 
-The ``flow-intensity`` method harmonizes by a smooth, monotone, global map ``g`` of the
-min-max normalized source slices, ``x_h = g(x_s)``, chosen to maximize the flow prior's
-likelihood of the mapped slices. Anatomy is kept by construction (``g`` is invertible and
-the same everywhere), so the prior only has to judge contrast, which is what it learns
-best from a few CPU-hours of training. The map is piecewise linear on ``K`` uniform knots
-of [0, 1], fixed at ``g(0) = 0`` and ``g(1) = 1`` (slices stay min-max normalized), and
-parametrized by a softmax over its increments so that every step keeps it increasing.
+The source image is modelled as an unknown smooth monotone contrast change ``T`` of a
+target-domain image. ``T^-1`` is estimated by maximum likelihood under the flow prior,
+with the change of variables so that a map cannot buy likelihood by flattening the image
+(:func:`map_log_likelihood`), within the power maps ``u ** gamma`` of the volume's
+intensities (one parameter, golden-section search, forward passes only). The estimate is
+corrected by the prior's own bias measured on held-out target-domain images, and images the
+prior finds no better explained by any change are left as they are
+(:func:`fit_intensity_map`, :func:`calibrate_power_map`). Anatomy is kept by construction:
+the harmonized image is ``g(source)`` with one increasing ``g`` for the whole volume.
+Maps are piecewise linear on uniform knots of [0, 1] with ``g(0) = 0`` and ``g(1) = 1``.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-
-
-def knots_from_logits(logits):
-    """Map values at the knots ``(K,)`` from unconstrained increments ``(K - 1,)``."""
-    increments = torch.softmax(logits, dim=-1)
-    return torch.cat([increments.new_zeros(1), torch.cumsum(increments, dim=-1)])
 
 
 def apply_map(x, values):
@@ -50,20 +47,21 @@ def apply_global_map(x, values, scale):
     return (out * scale).astype(np.float32)
 
 
-def identity_knots(n_knots):
-    """Knot values of the identity map."""
-    return np.linspace(0.0, 1.0, n_knots)
-
-
 def map_log_slopes(values):
     """Log of the slope of every segment of the map with knot values ``values``."""
     n = values.shape[-1] - 1
     return torch.log(torch.diff(values).clamp_min(1e-12) * n)
 
 
-def segment_counts(u, n_segments):
-    """Number of pixels of ``u`` (values in [0, 1]) on each segment of the map."""
+def segment_counts(u, n_segments, *, floor=0.0):
+    """Number of pixels of ``u`` (values in [0, 1]) above ``floor`` on each map segment.
+
+    Pixels at or below ``floor`` (background, within a few quantization steps of 0) are not
+    counted: their intensities carry no information the 12-bit prior can resolve, and
+    counting their Jacobian rewards maps that stretch background noise.
+    """
     index = (u.clamp(0, 1) * n_segments).floor().clamp(max=n_segments - 1).long()
+    index = index[u > floor]
     return torch.bincount(index.flatten(), minlength=n_segments).to(u.dtype)
 
 
@@ -94,32 +92,76 @@ def map_log_likelihood(flow, u, values, counts):
     return flow.log_prob(x) + jacobian
 
 
-def gamma_knots(gamma, n_knots):
-    """Knot values of ``u ** gamma``."""
-    return np.linspace(0.0, 1.0, n_knots) ** gamma
+def golden_section(func, low, high, evaluations):
+    """Minimize a unimodal ``func`` on ``[low, high]``; return ``(argmin, min)``."""
+    ratio = (np.sqrt(5.0) - 1.0) / 2.0
+    a, b = low, high
+    c, d = b - ratio * (b - a), a + ratio * (b - a)
+    fc, fd = func(c), func(d)
+    for _ in range(max(0, evaluations - 2)):
+        if fc <= fd:
+            b, d, fd = d, c, fc
+            c = b - ratio * (b - a)
+            fc = func(c)
+        else:
+            a, c, fc = c, d, fd
+            d = a + ratio * (b - a)
+            fd = func(d)
+    return (c, fc) if fc <= fd else (d, fd)
 
 
-def logits_from_knots(values):
-    """Inverse of :func:`knots_from_logits` (up to a constant)."""
-    increments = np.clip(np.diff(np.asarray(values, dtype=np.float64)), 1e-6, None)
-    return np.log(increments / increments.sum())
+def power_map_loss(flow, u, counts):
+    """``log_gamma -> bits per pixel`` of the source under "prior + power map ``u**gamma``"."""
+    scale = -1.0 / (flow.dim * np.log(2.0))
+    knots = np.linspace(0.0, 1.0, counts.shape[1] + 1)
+
+    @torch.no_grad()
+    def loss(log_gamma):
+        values = torch.as_tensor(knots ** float(np.exp(log_gamma)), dtype=u.dtype,
+                                 device=u.device)
+        return float(scale * map_log_likelihood(flow, u, values, counts).mean())
+
+    return loss
+
+
+def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segments=16):
+    """Maximum-likelihood power map ``u ** gamma`` of source slices ``u`` under the prior.
+
+    Golden-section search on ``log gamma`` (the likelihood is unimodal in it).
+
+    Returns ``(gamma, loss value, loss function of log gamma)``; losses in bits per pixel.
+    """
+    counts = torch.stack([segment_counts(s, n_segments) for s in u])
+    loss = power_map_loss(flow, u, counts)
+    log_gamma, value = golden_section(loss, np.log(gamma_range[0]), np.log(gamma_range[1]),
+                                      evaluations)
+    return float(np.exp(log_gamma)), value, loss
 
 
 def fit_intensity_map(
     flow,
     u,
     *,
-    n_knots=17,
-    steps=40,
-    lr=0.05,
-    smoothness=0.0,
-    gammas=(0.5, 0.6, 0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0),
+    n_knots=33,
+    gamma_bias=1.0,
+    gate_bits=0.0,
+    gamma_range=(0.3, 3.0),
+    evaluations=14,
     progress=None,
 ):
-    """Maximum-likelihood monotone intensity map of a source volume under the flow prior.
+    """Estimate the source's contrast change as a power map and return its inverse.
 
-    A coarse search over the power maps ``u ** gamma`` (forward passes only) picks the
-    start; Adam then refines all knots of the piecewise-linear map.
+    The source is modelled as ``u = T(x)`` with ``x`` a target-domain image and ``T`` an
+    unknown monotone contrast change; ``T^-1`` is taken from the power maps ``u**gamma``
+    by maximum likelihood under the flow prior, with the change of variables (see
+    :func:`map_log_likelihood`). A prior trained for a few CPU-hours has a systematic
+    preference of its own: on held-out target-domain images (where the right answer is the
+    identity) the estimate is ``gamma_bias`` rather than 1. The estimate is corrected by
+    that bias, ``gamma = gamma_hat / gamma_bias``, and when the best power map explains the
+    image no better than the bias itself (by less than ``gate_bits`` bits per pixel, the
+    spread seen on target-domain images) the image is taken to be in the target domain and
+    left unchanged. Both numbers come from the prior's validation images
+    (:func:`calibrate_power_map`), never from the image being harmonized.
 
     Parameters
     ----------
@@ -128,67 +170,72 @@ def fit_intensity_map(
     u : torch.Tensor ``(B, 1, H, W)``
         Source slices divided by the volume's maximum (a subset of the volume suffices).
     n_knots : int
-        Knots of the piecewise-linear map on [0, 1].
-    steps : int
-        Adam steps after the search (0: the best power map).
-    lr : float
-        Adam learning rate on the increment logits.
-    smoothness : float
-        Weight of a penalty on the second difference of the knot values.
-    gammas : sequence of float
-        Power maps tried to initialize.
+        Knots of the returned piecewise-linear map.
+    gamma_bias, gate_bits : float
+        Calibration of the prior (recorded in its bundle).
+    gamma_range : (float, float)
+        Range of the golden-section search on ``log gamma``.
+    evaluations : int
+        Likelihood evaluations of the search.
     progress : callable, optional
-        Called once per step.
+        Called with the number of evaluations done.
 
     Returns
     -------
     values : numpy array ``(n_knots,)``
-        Knot values of the map (increasing, from 0 to 1).
-    history : list of float
-        Negative log-likelihood in bits per pixel: the initial one, then after each step.
+        Knot values of the harmonizing map (increasing, from 0 to 1).
+    info : dict
+        ``gamma_hat`` (raw estimate), ``gamma`` (applied), ``gain_bits`` (likelihood gain of
+        the estimate over the bias, bits per pixel), ``in_domain`` (the gate's verdict).
     """
-    counts = torch.stack([segment_counts(s, n_knots - 1) for s in u])
-    requires = [p.requires_grad for p in flow.parameters()]
-    for p in flow.parameters():
-        p.requires_grad_(False)
-    scale = -1.0 / (flow.dim * np.log(2.0))
+    gamma_hat, best, loss = estimate_gamma(flow, u, gamma_range=gamma_range,
+                                           evaluations=evaluations)
+    gain = loss(np.log(gamma_bias)) - best
+    in_domain = gain < gate_bits
+    gamma = 1.0 if in_domain else gamma_hat / gamma_bias
+    if progress is not None:
+        progress(evaluations + 1)
+    info = {"gamma_hat": round(gamma_hat, 4), "gamma": round(gamma, 4),
+            "gain_bits": round(float(gain), 5), "in_domain": bool(in_domain)}
+    return np.linspace(0.0, 1.0, n_knots) ** gamma, info
 
-    def loss_of(values):
-        return scale * map_log_likelihood(flow, u, values, counts).mean()
 
-    try:
-        with torch.no_grad():
-            trials = [
-                (float(loss_of(torch.as_tensor(gamma_knots(g, n_knots), dtype=u.dtype,
-                                               device=u.device))), g)
-                for g in gammas
-            ]
-        best_loss, best_gamma = min(trials)
-        start = gamma_knots(best_gamma, n_knots)
-        logits = torch.tensor(logits_from_knots(start), dtype=u.dtype, device=u.device,
-                              requires_grad=True)
-        optimizer = torch.optim.Adam([logits], lr=lr)
-        history = [best_loss]
-        best = (best_loss, start)
-        for _ in range(steps):
-            values = knots_from_logits(logits)
-            nll = loss_of(values)
-            loss = nll
-            if smoothness:
-                loss = loss + smoothness * torch.diff(values, n=2).pow(2).sum() * n_knots**2
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            value = float(nll.detach())
-            history.append(value)
-            if value < best[0]:
-                best = (value, values.detach().cpu().double().numpy())
-            if progress is not None:
-                progress(1)
-    finally:
-        for p, r in zip(flow.parameters(), requires):
-            p.requires_grad_(r)
-    return best[1], history
+def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5):
+    """Measure the prior's own bias on target-domain volumes (where the truth is identity).
+
+    Parameters
+    ----------
+    flow : SliceFlow
+    volumes : sequence of arrays ``(X, Y, Z)``
+        Held-out target-domain volumes on the prior's slice grid.
+    scoring_slices : int
+        Slices per volume used, as at harmonization.
+    margin : float
+        The gate is ``margin`` times the largest likelihood gain seen on these volumes.
+
+    Returns
+    -------
+    dict
+        ``gamma_bias`` (geometric mean of the estimates), ``gate_bits`` and the per-volume
+        estimates.
+    """
+    from ..preprocess.slices import normalize_slices, volume_to_slices
+    from .volume import scoring_slice_indices
+
+    estimates = []
+    for volume in volumes:
+        slices, _, _, valid = normalize_slices(volume)
+        chosen = scoring_slice_indices(slices, valid, scoring_slices)
+        u = torch.from_numpy(volume_to_slices(volume) / float(np.max(volume)))[chosen]
+        estimates.append(estimate_gamma(flow, u.to(flow.device)))
+    bias = float(np.exp(np.mean([np.log(g) for g, _, _ in estimates])))
+    gains = [loss(np.log(bias)) - best for _, best, loss in estimates]
+    return {
+        "gamma_bias": round(bias, 4),
+        "gate_bits": round(float(margin * max(gains)), 5),
+        "validation_gamma_hat": [round(g, 4) for g, _, _ in estimates],
+        "validation_gain_bits": [round(float(g), 5) for g in gains],
+    }
 
 
 def fit_lut(source, target, mask, n_knots=33):

@@ -29,7 +29,7 @@ def resolve_params(bundle, method, overrides=None):
     return params
 
 
-def _scoring_slices(slices, valid, n):
+def scoring_slice_indices(slices, valid, n):
     """Indices of the ``n`` slices holding the most head (the informative ones)."""
     fraction = np.where(valid, head_fraction(slices), -1.0)
     order = np.argsort(-fraction, kind="stable")[: min(n, int(valid.sum()))]
@@ -110,17 +110,16 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
         for j, k in enumerate(idx):
             lut[k] = fit_lut(slices[k, 0], out[j, 0], slices[k, 0] > 0.02, LUT_KNOTS)
     else:
-        chosen = _scoring_slices(slices, valid, int(params["scoring_slices"]))
+        chosen = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
         scale = float(np.max(volume))
         u_all = torch.from_numpy(volume_to_slices(volume) / scale).to(device)
-        with tqdm(total=int(params["steps"]), disable=not progress,
+        with tqdm(total=int(params["evaluations"]) + 1, disable=not progress,
                   desc="BlindHarmony (flow-intensity)") as bar:
-            with torch.enable_grad():
-                values, history = fit_intensity_map(
-                    flow, u_all[chosen], n_knots=int(params["knots"]),
-                    steps=int(params["steps"]), lr=float(params["lr"]),
-                    smoothness=float(params.get("smoothness", 0.0)), progress=bar.update,
-                )
+            values, info = fit_intensity_map(
+                flow, u_all[chosen], n_knots=int(params["knots"]),
+                gamma_bias=float(params["gamma_bias"]), gate_bits=float(params["gate_bits"]),
+                evaluations=int(params["evaluations"]), progress=bar.update,
+            )
         global_map = {"values": values, "scale": scale}
         mapped = apply_global_map(volume_to_slices(volume), values, scale)
         for k in idx:
@@ -128,8 +127,7 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
             src = low[k] + np.linspace(0, 1, LUT_KNOTS) * span
             lut[k] = (apply_global_map(src, values, scale) - low[k]) / span
             harmonized[k] = (mapped[k] - low[k]) / span
-        params = {**params, "map": [round(float(v), 5) for v in values],
-                  "nll_trace": [round(h, 4) for h in history[:: max(1, len(history) // 10)]]}
+        params = {**params, **info, "map": [round(float(v), 5) for v in values]}
 
     out_t = torch.from_numpy(harmonized[idx]).to(device)
     bpd, latent = slice_likelihood(flow, out_t)
