@@ -24,7 +24,8 @@ def resolve_params(bundle, method, overrides=None):
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     params = dict(DEFAULTS.get(method, {}))
-    params.update(bundle.harmonization.get(method, {}))
+    params.update({k: v for k, v in bundle.harmonization.get(method, {}).items()
+                   if not k.startswith("validation_")})  # calibration evidence stays in the bundle
     params.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return params
 
