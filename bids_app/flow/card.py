@@ -60,7 +60,7 @@ def model_card(bundle, *, reproduce=None, license_text="CC BY-SA 3.0",
 
 
 def sample_grid(bundle, path, *, n=12, seed=0, temperature=0.8):
-    """Save a PNG grid of ``n`` slices drawn from the prior beside ``n`` training means."""
+    """Save a PNG grid of ``n`` slices drawn from the prior (at ``temperature``)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -31,20 +31,26 @@ def apply_map(x, values):
     return values[index] + frac * (values[index + 1] - values[index])
 
 
+def interp_extended(t, values):
+    """Piecewise-linear map with knot values ``values`` on [0, 1], evaluated at ``t`` (numpy).
+
+    Outside [0, 1] the map continues linearly with the slope of its first or last segment.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    step = 1.0 / (len(values) - 1)
+    t = np.asarray(t, dtype=np.float64)
+    out = np.interp(t, np.linspace(0.0, 1.0, len(values)), values)
+    out = np.where(t < 0, values[0] + t * (values[1] - values[0]) / step, out)
+    return np.where(t > 1, values[-1] + (t - 1) * (values[-1] - values[-2]) / step, out)
+
+
 def apply_global_map(x, values, scale):
     """Apply a map fitted on ``x / scale`` to intensities ``x`` (numpy), in ``x``'s units.
 
     Outside [0, 1] the map continues linearly with its end slopes.
     """
-    values = np.asarray(values, dtype=np.float64)
-    knots = np.linspace(0.0, 1.0, len(values))
     u = np.asarray(x, dtype=np.float64) / scale
-    out = np.interp(u, knots, values)
-    slope_lo = (values[1] - values[0]) / knots[1]
-    slope_hi = (values[-1] - values[-2]) / knots[1]
-    out = np.where(u < 0, values[0] + u * slope_lo, out)
-    out = np.where(u > 1, values[-1] + (u - 1) * slope_hi, out)
-    return (out * scale).astype(np.float32)
+    return (interp_extended(u, values) * scale).astype(np.float32)
 
 
 def map_log_slopes(values):

@@ -113,7 +113,8 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
     else:
         chosen = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
         scale = float(np.max(volume))
-        u_all = torch.from_numpy(volume_to_slices(volume) / scale).to(device)
+        stack = volume_to_slices(volume)
+        u_all = torch.from_numpy(stack / scale).to(device)
         with tqdm(total=int(params["evaluations"]) + 1, disable=not progress,
                   desc="BlindHarmony (flow-intensity)") as bar:
             values, info = fit_intensity_map(
@@ -122,7 +123,7 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
                 evaluations=int(params["evaluations"]), progress=bar.update,
             )
         global_map = {"values": values, "scale": scale}
-        mapped = apply_global_map(volume_to_slices(volume), values, scale)
+        mapped = apply_global_map(stack, values, scale)
         for k in idx:
             span = high[k] - low[k]
             src = low[k] + np.linspace(0, 1, LUT_KNOTS) * span

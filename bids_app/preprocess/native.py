@@ -27,15 +27,10 @@ def _slice_coordinate(native_img, matrix, grid_affine):
 
 def _apply_slice_map(values, lut, low, high):
     """Map native intensities through one slice's map (extended linearly outside [0, 1])."""
+    from ..harmonize.intensity import interp_extended
+
     span = high - low if high > low else 1.0
-    t = (values - low) / span
-    knots = np.linspace(0.0, 1.0, lut.shape[0])
-    out = np.interp(t, knots, lut)
-    slope_lo = (lut[1] - lut[0]) / (knots[1] - knots[0])
-    slope_hi = (lut[-1] - lut[-2]) / (knots[-1] - knots[-2])
-    out = np.where(t < 0, lut[0] + t * slope_lo, out)
-    out = np.where(t > 1, lut[-1] + (t - 1) * slope_hi, out)
-    return low + span * out
+    return low + span * interp_extended((values - low) / span, lut)
 
 
 def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map=None):
