@@ -20,6 +20,7 @@ def get_parser():
     """The ``blindharmony-train`` argument parser."""
     from ..flow.model import PRESETS
 
+
     parser = argparse.ArgumentParser(
         prog="blindharmony-train",
         description=(
@@ -232,7 +233,6 @@ def train(opts):
                    position=data.position[train_idx], subjects=data.subjects, volumes=None),
         reference.shape[2], shape,
     )
-    from ..flow.model import PRESETS
 
     def describe(current):
         return {
@@ -255,7 +255,6 @@ def train(opts):
             "wall_seconds": current.history[-1]["seconds"] if current.history
             else round(current.seconds, 1),
             "history": current.history,
-            "presets_known": sorted(PRESETS),
         }
 
     def on_best(model, current):
