@@ -219,7 +219,8 @@ def test_report_is_wired_per_subject(skeleton_files, tmp_path, monkeypatch):
     merge = sub_wf.get_node("merge_t1w")
     assert merge.interface._numinputs == len(skeleton_files["01"])
     working = {n for n in names if not n.endswith(("inputnode", "outputnode"))}
-    assert len(working) == 1 + 8 * 4 + 2 * 2
+    # 8 per T1w, 3 per subject (prior_reference, merge_t1w, ds_report)
+    assert len(working) == 8 * 4 + 3 * 2
 
 
 def test_subject_report_interface(group_run, tmp_path):

@@ -51,7 +51,10 @@ def test_each_t1w_gets_its_own_workflow(skeleton_files, tmp_path, monkeypatch):
     monkeypatch.setattr("shutil.which", lambda name: None)
     names = _node_names(_build(skeleton_files, tmp_path))
     prefix = "blindharmony_wf."
-    assert prefix + "prior_reference" in names
+    # one reference per participant: no node folder is shared between participants
+    assert prefix + "prior_reference" not in names
+    for subject in ("01", "02"):
+        assert f"{prefix}single_subject_{subject}_wf.prior_reference" in names
     per_t1w = {
         "single_subject_01_wf.t1w_ses_1_run_1_wf",
         "single_subject_01_wf.t1w_ses_1_run_2_wf",
@@ -62,10 +65,10 @@ def test_each_t1w_gets_its_own_workflow(skeleton_files, tmp_path, monkeypatch):
         for node in ("load_t1w", "register", "to_reference", "harmonize", "to_native",
                      "ds_t1w_wf.ds_t1w", "ds_t1w_wf.ds_std_t1w", "ds_t1w_wf.ds_t1w2std_xfm"):
             assert f"{prefix}{wf}.{node}" in names
-    # 1 shared node + 8 per T1w + 2 per subject (merge_t1w, ds_report_wf.ds_report),
+    # 8 per T1w + 3 per subject (prior_reference, merge_t1w, ds_report_wf.ds_report),
     # besides the inputnode/outputnode identities
     working = {n for n in names if not n.endswith(("inputnode", "outputnode"))}
-    assert len(working) == 1 + 8 * len(per_t1w) + 2 * 2
+    assert len(working) == 8 * len(per_t1w) + 3 * 2
 
 
 def test_inputs_are_set_per_t1w(skeleton_files, tmp_path):
@@ -113,7 +116,9 @@ def test_build_workflow_from_cli(bids_skeleton, skeleton_files, tmp_path):
         .get_node("harmonize")
     assert harmonize.inputs.params == {"alpha": 0.5}
     assert harmonize.inputs.method == "paper" and harmonize.inputs.prior_path == str(prior)
-    assert workflow.get_node("prior_reference").inputs.prior_path == str(prior)
+    for subject in ("01", "02"):
+        reference = workflow.get_node(f"single_subject_{subject}_wf").get_node("prior_reference")
+        assert reference.inputs.prior_path == str(prior)
 
 
 def test_hyperparameters_ignored_for_flow_intensity(bids_skeleton, tmp_path, caplog):

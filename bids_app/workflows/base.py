@@ -3,11 +3,15 @@
 ::
 
     blindharmony_wf
-      prior_reference                     the prior's reference grid (once)
       single_subject_<label>_wf           one per participant
+        prior_reference                   the prior's reference grid
         t1w_[ses_<s>_][acq_<a>_]..[run_<r>_]wf   one per T1w image
           load_t1w -> register -> to_reference -> harmonize -> to_native -> ds_t1w_wf
         merge_t1w -> ds_report_wf          the subject's HTML report, after all its images
+
+Every node lives under its participant's workflow, so participant-level runs of
+different participants can run at the same time with the same work folder (a node
+folder shared by two processes is a race in nipype's cache: one of them crashes).
 """
 
 import shutil
@@ -101,10 +105,6 @@ def init_blindharmony_wf(
     workflow = pe.Workflow(name=name)
     workflow.base_dir = str(work_dir)
 
-    prior_reference = pe.Node(PriorReference(), name="prior_reference")
-    if prior_path is not None:
-        prior_reference.inputs.prior_path = str(prior_path)
-
     for subject_id in sorted(subject_files):
         single_subject_wf = init_single_subject_wf(
             subject_id=subject_id,
@@ -121,9 +121,7 @@ def init_blindharmony_wf(
             registration_engine=registration_engine,
             omp_nthreads=omp_nthreads,
         )
-        workflow.connect(
-            prior_reference, "reference", single_subject_wf, "inputnode.reference"
-        )
+        workflow.add_nodes([single_subject_wf])
     return workflow
 
 
@@ -157,13 +155,13 @@ def init_single_subject_wf(
 
     The other parameters are those of :func:`init_blindharmony_wf`.
 
-    Inputs
-    ------
-    reference
-        The prior's reference image (the slice grid).
+    The prior's reference image (the slice grid) is written by this workflow's own
+    ``prior_reference`` node, not shared between participants.
     """
     workflow = pe.Workflow(name=name or f"single_subject_{subject_id}_wf")
-    inputnode = pe.Node(niu.IdentityInterface(fields=["reference"]), name="inputnode")
+    prior_reference = pe.Node(PriorReference(), name="prior_reference")
+    if prior_path is not None:
+        prior_reference.inputs.prior_path = str(prior_path)
     merge_t1w = pe.Node(niu.Merge(len(t1w_files)), name="merge_t1w",
                         run_without_submitting=True)
     ds_report_wf = init_ds_report_wf(
@@ -192,7 +190,7 @@ def init_single_subject_wf(
         t1w_harmonize_wf.inputs.inputnode.t1w_file = str(t1w_file)
         # fmt: off
         workflow.connect([
-            (inputnode, t1w_harmonize_wf, [("reference", "inputnode.reference")]),
+            (prior_reference, t1w_harmonize_wf, [("reference", "inputnode.reference")]),
             (t1w_harmonize_wf, merge_t1w, [("outputnode.t1w_harmonized", f"in{index}")]),
         ])
         # fmt: on
