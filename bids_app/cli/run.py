@@ -3,9 +3,12 @@
 Order of a participant-level run, chosen so that bad input never leaves a partial
 derivative dataset behind: parse and check the arguments, validate the BIDS dataset,
 collect the T1w images and read every one of them, load the prior; only then create the
-output and work folders and run the nipype workflow. Errors end the program with one
-line ``blindharmony: error: <message>`` on stderr and the exit code of
-:mod:`bids_app.errors`.
+output and work folders and run the nipype workflow. (Loading the prior imports
+matplotlib, whose font cache goes to ``<work dir>/.matplotlib``: that cache is the only
+thing a run that fails its checks may leave, never in the output folder.) Errors end the
+program with one line ``blindharmony: error: <message>`` on stderr and the exit code of
+:mod:`bids_app.errors`; a crashed node's crash file goes to
+``<output_dir>/logs/<run id>/``.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ os.environ.setdefault("NIPYPE_NO_ET", "1")
 import logging  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from .. import errors  # noqa: E402
@@ -55,18 +59,30 @@ def run(argv=None):
 
 
 def _fail(err):
-    message = str(err).strip() or type(err).__name__
+    # one line: the last line of stderr is the whole error
+    message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    message = message or type(err).__name__
     sys.stderr.write(f"{__packagename__}: error: {message}\n")
     return err.exit_code
 
 
 def _setup_logging(verbose):
+    """Log to the current ``sys.stderr`` (again on every in-process run)."""
     level = logging.DEBUG if verbose else logging.INFO
-    if not LOGGER.handlers:
+    handler = next((h for h in LOGGER.handlers if h.get_name() == _HANDLER_NAME), None)
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
+        handler.set_name(_HANDLER_NAME)
         handler.setFormatter(logging.Formatter("%(asctime)s [%(name)s] %(message)s", "%H:%M:%S"))
         LOGGER.addHandler(handler)
+    else:
+        # a previous run's stderr may be gone (replaced, closed): write to this one's
+        # (not setStream, which flushes the old stream first)
+        handler.stream = sys.stderr
     LOGGER.setLevel(level)
+
+
+_HANDLER_NAME = "blindharmony-stderr"
 
 
 def run_group_level(opts):
@@ -116,7 +132,7 @@ def run_participant_level(opts):
 
     # Nothing was written before this point.
     init_output_dir(opts.output_dir, opts.bids_dir)
-    log_dir = opts.output_dir / "logs"
+    log_dir = run_log_dir(opts.output_dir)
     try:
         opts.work_dir.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -134,11 +150,14 @@ def run_participant_level(opts):
     started = time.time()
     try:
         workflow.run(plugin=plugin, plugin_args=plugin_args)
-    except RuntimeError as err:
-        crashes = sorted(
-            str(p) for p in log_dir.glob("crash-*") if p.stat().st_mtime >= started - 1
+    except Exception as err:
+        # MultiProc raises a RuntimeError; Linear re-raises the failed node's own exception
+        crashes = sorted(str(p) for p in log_dir.glob("crash-*"))
+        where = (
+            "; crash file(s): " + ", ".join(crashes)
+            if crashes
+            else f" ({_one_line(err)})"
         )
-        where = "; crash file(s): " + ", ".join(crashes) if crashes else f" ({err})"
         LOGGER.debug("workflow failed", exc_info=True)
         raise errors.BlindHarmonyError(
             f"a workflow node failed{where}", exit_code=errors.EX_CRASH
@@ -150,6 +169,32 @@ def run_participant_level(opts):
         time.time() - started,
     )
     return errors.EX_OK
+
+
+def run_log_dir(output_dir):
+    """This run's crash-file folder: ``<output_dir>/logs/<date>-<time>_<random id>/``.
+
+    One folder per run, so runs of several participants writing into one output
+    folder at the same time never report each other's crash files. nipype creates it
+    when it writes the first crash file: a run without a crash leaves nothing.
+
+    Parameters
+    ----------
+    output_dir : Path
+        The output dataset.
+
+    Returns
+    -------
+    Path
+    """
+    run_id = f"{time.strftime('%Y%m%d-%H%M%S')}_{uuid.uuid4().hex[:8]}"
+    return Path(output_dir) / "logs" / run_id
+
+
+def _one_line(err):
+    """``Type: first line of the message`` of an exception, for a one-line error."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0]}" if lines else type(err).__name__
 
 
 def configure_nipype(opts, log_dir):

@@ -37,7 +37,9 @@ def load_t1w(path):
         img = nb.load(str(path))
         data = np.asanyarray(img.dataobj, dtype=np.float32)
     except Exception as exc:  # nibabel raises many kinds for broken files
-        raise InputDataError(path, f"cannot read the image ({exc.__class__.__name__}: {exc})")
+        raise InputDataError(
+            path, f"cannot read the image ({exc.__class__.__name__}: {_one_line(exc)})"
+        ) from None
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
@@ -61,6 +63,21 @@ def load_t1w(path):
     canonical.set_qform(canonical.affine, code=1)
     canonical.set_sform(canonical.affine, code=1)
     return canonical
+
+
+def _one_line(exc):
+    """An exception's message on one line (nibabel's can span several).
+
+    Parameters
+    ----------
+    exc : BaseException
+
+    Returns
+    -------
+    str
+        The non-empty lines of ``str(exc)``, stripped and joined by spaces.
+    """
+    return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
 
 
 def reorient_like(img, like):
