@@ -447,11 +447,14 @@ def method_totals(per_volume):
             continue
         totals[method] = {
             "seconds": sum(per_volume[s]["seconds"] for s in stages),
+            "cpu_seconds": sum(per_volume[s]["cpu_seconds"] for s in stages),
             "peak_rss_mb": max(per_volume[s]["peak_rss_mb"] for s in stages),
         }
-    reference = totals.get("histogram matching", {}).get("seconds")
+    reference = totals.get("histogram matching", {})
     for value in totals.values():
-        value["ratio_to_hm"] = value["seconds"] / reference if reference else None
+        for key in ("seconds", "cpu_seconds"):
+            ratio = "ratio_to_hm" if key == "seconds" else "cpu_ratio_to_hm"
+            value[ratio] = value[key] / reference[key] if reference.get(key) else None
     return totals
 
 
@@ -538,6 +541,7 @@ def summarize(report):
                     and not v["stages"][stage].get("skipped")]
             if rows:
                 stages[stage] = {"seconds": _mean_sd(r["seconds"] for r in rows),
+                                 "cpu_seconds": _mean_sd(r["cpu_seconds"] for r in rows),
                                  "peak_rss_mb": _mean_sd(r["peak_rss_mb"] for r in rows),
                                  "rss_before_mb": _mean_sd(r.get("rss_before_mb")
                                                            for r in rows)}
@@ -546,10 +550,11 @@ def summarize(report):
                         r["reassemble_seconds"] for r in rows)
         methods = {}
         for method in METHOD_STAGES:
-            rows = [v["totals"][method] for v in vols if method in v["totals"]]
+            rows = [t[method] for t in (method_totals(v["stages"]) for v in vols)
+                    if method in t]
             if rows:
-                methods[method] = {k: _mean_sd(r[k] for r in rows)
-                                   for k in ("seconds", "ratio_to_hm", "peak_rss_mb")}
+                methods[method] = {k: _mean_sd(r[k] for r in rows) for k in (
+                    "seconds", "ratio_to_hm", "cpu_seconds", "cpu_ratio_to_hm", "peak_rss_mb")}
         out[kind] = {"volumes": [v["label"] for v in vols], "shape": vols[0].get("shape"),
                      "stages": stages, "methods": methods}
     return out
@@ -606,11 +611,15 @@ sum of its stages, from the file to the harmonized native image:
   `to_native`.
 
 Its peak memory is the largest of its stages' processes. Ratios are to histogram matching
-on the same volumes in the same run.
+on the same volumes in the same run. CPU s is the process's CPU time in the stage, all its
+threads together (wall time is at least CPU s / {threads}). When other work shares the
+cores both grow: OpenMP threads (torch, ITK) that wait for a descheduled sibling spin, and
+that counts as CPU time.
 
 Machine: {cpu}, {cpus} CPUs ({threads} threads used), {memory_gb} GB; Python {python},
-torch {torch}, numpy {numpy}{coretype}. The machine was shared with other work: load
-average {before} before and {after} after (1, 5, 15 min), so times are noisy (one run).
+torch {torch}, numpy {numpy}{coretype}. Load average (1, 5, 15 min) {before} before and
+{after} after the run: above {cpus}, other work was sharing the cores and every time here
+is longer than on an idle machine (one run, not repeated).
 """
 
 
@@ -630,30 +639,33 @@ def markdown(report):
     if kinds:
         lines += ["## Methods: total per volume", "",
                   "| method | " + " | ".join(
-                      f"{k}: s | × HM | peak MiB" for k in kinds) + " |",
-                  "|---|" + "---|---|---|" * len(kinds)]
+                      f"{k}: wall s | × HM | CPU s | × HM | peak MiB" for k in kinds) + " |",
+                  "|---|" + "---|---|---|---|---|" * len(kinds)]
         for method in METHOD_STAGES:
             cells = []
             for k in kinds:
                 row = summary[k]["methods"].get(method)
                 cells += ([_secs(row["seconds"]), _fmt(row["ratio_to_hm"], 0, sd=False),
-                           _fmt(row["peak_rss_mb"], 0, sd=False)] if row else ["n/a"] * 3)
+                           _secs(row["cpu_seconds"]), _fmt(row["cpu_ratio_to_hm"], 0, sd=False),
+                           _fmt(row["peak_rss_mb"], 0, sd=False)] if row else ["n/a"] * 5)
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "## Stages per volume", "",
-                  "| stage | " + " | ".join(f"{k}: s | imports MiB | peak MiB" for k in kinds)
-                  + " |", "|---|" + "---|---|---|" * len(kinds)]
+                  "| stage | " + " | ".join(f"{k}: wall s | CPU s | imports MiB | peak MiB"
+                                           for k in kinds)
+                  + " |", "|---|" + "---|---|---|---|" * len(kinds)]
         for stage in STAGE_NAMES:
             cells = []
             for k in kinds:
                 row = summary[k]["stages"].get(stage)
-                cells += ([_secs(row["seconds"]), _fmt(row["rss_before_mb"], 0, sd=False),
-                           _fmt(row["peak_rss_mb"], 0, sd=False)] if row else ["n/a"] * 3)
+                cells += ([_secs(row["seconds"]), _secs(row["cpu_seconds"]),
+                           _fmt(row["rss_before_mb"], 0, sd=False),
+                           _fmt(row["peak_rss_mb"], 0, sd=False)] if row else ["n/a"] * 4)
             lines.append(f"| {STAGE_NAMES[stage]} | " + " | ".join(cells) + " |")
             if stage == "slices":
                 cells = []
                 for k in kinds:
                     row = summary[k]["stages"].get(stage)
-                    cells += [_secs(row["reassemble_seconds"]) if row else "n/a", "", ""]
+                    cells += [_secs(row["reassemble_seconds"]) if row else "n/a", "", "", ""]
                 lines.append("| reassembly (`reassemble`) | " + " | ".join(cells) + " |")
         lines += [""]
         for k in kinds:
@@ -683,11 +695,12 @@ def markdown(report):
                   "largest single process (`getrusage` of the children).", ""]
     if report["training"]:
         lines += ["## Training throughput", "",
-                  "| preset | parameters | s / step | slices / s | peak RSS MiB |",
-                  "|---|---|---|---|---|"]
+                  "| preset | parameters | wall s / step | slices / s | CPU s / step | "
+                  "peak RSS MiB |", "|---|---|---|---|---|---|"]
         for preset, row in report["training"].items():
             lines.append(f"| {preset} | {row['parameters'] / 1e6:.3g} M | {row['seconds']:.3f} "
-                         f"| {row['slices_per_second']:.1f} | {row['peak_rss_mb']:.0f} |")
+                         f"| {row['slices_per_second']:.1f} | {row['cpu_seconds']:.3f} "
+                         f"| {row['peak_rss_mb']:.0f} |")
         any_row = next(iter(report["training"].values()))
         lines += ["", f"One step: dequantize a batch of {any_row['batch']} slices of "
                   f"{' x '.join(map(str, any_row['shape']))}, bits/dim, backward, gradient "
@@ -722,6 +735,9 @@ def parse_args(argv=None):
                         help='JSON: preset -> [warm-up steps, timed steps]')
     parser.add_argument("--params", default=None,
                         help="JSON hyperparameter overrides for harmonize_volume (testing)")
+    parser.add_argument("--render", type=Path, metavar="SPEED_JSON",
+                        help="measure nothing: rewrite speed.md and the summary of "
+                             "speed.json (in --out) from a speed.json's measurements")
     parser.add_argument("--in-process", action="store_true",
                         help="no fresh processes (memory figures then mean little; tests)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -736,6 +752,13 @@ def main(argv=None):
     opts = parse_args(argv)
     if opts.worker:
         print(json.dumps(run_stage(opts.worker, opts.vol, opts.shared, opts), default=float))
+        return 0
+    if opts.render:
+        report = json.loads(opts.render.read_text())
+        report["summary"] = summarize(report)
+        opts.out.mkdir(parents=True, exist_ok=True)
+        (opts.out / "speed.json").write_text(json.dumps(report, indent=1, default=float))
+        (opts.out / "speed.md").write_text(markdown(report))
         return 0
     return run(opts)
 
