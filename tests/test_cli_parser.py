@@ -27,7 +27,8 @@ def test_defaults(base, bids_skeleton, tmp_path):
     assert opts.bids_filters == {}
     assert opts.method == "flow-intensity"
     assert opts.device == "auto" and opts.registration_engine == "auto"
-    assert opts.params == {"alpha": None, "beta1": None, "beta2": None, "iterations": None}
+    assert opts.params == {"alpha": None, "beta1": None, "beta2": None, "iterations": None,
+                           "selection": None}
     assert opts.prior is None and opts.plugin is None
     assert 1 <= opts.omp_nthreads <= opts.nprocs
 
@@ -58,8 +59,10 @@ def test_harmonization_options(base, tmp_path):
         "--registration-engine", "simpleitk", "--mem-gb", "4", "-vv",
         "--skip_bids_validation", "--stop-on-first-crash", "--notrack", "--write-graph",
     ])
-    assert opts.params == {"alpha": 0.01, "beta1": 500.0, "beta2": 0.0, "iterations": 5}
+    assert opts.params == {"alpha": 0.01, "beta1": 500.0, "beta2": 0.0, "iterations": 5,
+                           "selection": None}
     assert opts.method == "paper" and opts.device == "cpu" and opts.prior == prior
+    assert parse_args(base + ["--intensity-model", "quantile"]).params["selection"] == "quantile"
     assert opts.mem_gb == 4.0 and opts.verbose == 2
     assert opts.skip_bids_validation and opts.stop_on_first_crash and opts.write_graph
 

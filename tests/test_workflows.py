@@ -130,6 +130,18 @@ def test_hyperparameters_ignored_for_flow_intensity(bids_skeleton, tmp_path, cap
     assert "--beta1" in caplog.text
 
 
+def test_intensity_model_belongs_to_flow_intensity(bids_skeleton, tmp_path, caplog):
+    from bids_app.cli.workflow import cli_overrides
+
+    base = [str(bids_skeleton), str(tmp_path / "out"), "participant", "-w",
+            str(tmp_path / "work"), "--intensity-model", "quantile", "--beta1", "3"]
+    assert cli_overrides(parse_args(base)) == {"selection": "quantile"}
+    assert "--beta1 ignored with --method flow-intensity" in caplog.text
+    caplog.clear()
+    assert cli_overrides(parse_args(base + ["--method", "paper"])) == {"beta1": 3.0}
+    assert "--intensity-model ignored with --method paper" in caplog.text
+
+
 def test_write_graph(skeleton_files, tmp_path):
     import shutil
 

@@ -176,6 +176,16 @@ def get_parser():
         "--iterations", type=_positive_int, help="iterations (default: from the prior)"
     )
     g_model.add_argument(
+        "--intensity-model",
+        "--intensity_model",
+        dest="intensity_model",
+        choices=("auto", "power", "quantile"),
+        help="flow-intensity only: how the contrast change is chosen. auto (default): the "
+        "prior's estimate (identity or a power map) when it is consistent with the target "
+        "population's intensity quantiles, else the population quantile map; power or "
+        "quantile force one of them",
+    )
+    g_model.add_argument(
         "--registration-engine",
         "--registration_engine",
         dest="registration_engine",
@@ -231,6 +241,7 @@ class Options:
     beta1: float | None = None
     beta2: float | None = None
     iterations: int | None = None
+    intensity_model: str | None = None
     registration_engine: str = "auto"
     verbose: int = 0
     write_graph: bool = False
@@ -244,6 +255,7 @@ class Options:
             "beta1": self.beta1,
             "beta2": self.beta2,
             "iterations": self.iterations,
+            "selection": self.intensity_model,
         }
 
 
@@ -375,6 +387,7 @@ def parse_args(argv=None):
         beta1=ns.beta1,
         beta2=ns.beta2,
         iterations=ns.iterations,
+        intensity_model=ns.intensity_model,
         registration_engine=ns.registration_engine,
         verbose=ns.verbose,
         write_graph=ns.write_graph,

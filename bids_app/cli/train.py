@@ -297,7 +297,7 @@ def train(opts):
     if not len(val_volumes):
         val_volumes = volumes[:1]
     if opts.recalibrate:
-        calibrate_bundle(bundle_path, val_volumes, device=device)
+        calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
         return bundle_path
 
     started = time.time()
@@ -308,7 +308,7 @@ def train(opts):
         on_checkpoint=on_checkpoint, on_best=on_best, flip=not opts.no_flip,
         max_seconds=None if opts.max_minutes is None else opts.max_minutes * 60,
     )
-    calibrate_bundle(bundle_path, val_volumes, device=device)
+    calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
     print(f"Best validation {state.best_bpd:.4f} bits/dim at step {state.best_step}; "
           f"{state.step} steps in {time.time() - started:.0f} s; bundle: {bundle_path}",
           file=sys.stderr)
@@ -337,10 +337,12 @@ def _stretch_cosine(optimizer, scheduler, steps):
     scheduler._last_lr = list(rates)
 
 
-def calibrate_bundle(bundle_path, volumes, *, device="cpu"):
+def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     """Measure the prior's bias on validation volumes and record it in the bundle.
 
-    See :func:`bids_app.harmonize.intensity.calibrate_power_map`.
+    See :func:`bids_app.harmonize.intensity.calibrate_power_map`. With ``train_volumes``
+    (training volumes on the reference grid) the population's intensity quantiles are
+    recorded too (:func:`bids_app.harmonize.quantiles.population_statistics`).
     """
     import torch
 
@@ -355,6 +357,15 @@ def calibrate_bundle(bundle_path, volumes, *, device="cpu"):
 
     record = {**DEFAULTS, **{k: v for k, v in bundle.harmonization.items() if k == "paper"}}
     record["flow-intensity"] = {**DEFAULTS["flow-intensity"], **calibration}
+    from ..harmonize.domain import calibrate_domain
+
+    with torch.no_grad():
+        record["out_of_domain"] = calibrate_domain(bundle.flow, volumes)
+    if train_volumes is not None and len(train_volumes):
+        from ..harmonize.quantiles import population_statistics, reference_mask
+
+        record["flow-intensity"]["population"] = population_statistics(
+            train_volumes, reference_mask(bundle.reference))
     bundle.harmonization = record
     bundle.save(bundle_path)
     print(f"Calibration on {len(volumes)} validation image(s): gamma bias "

@@ -47,21 +47,29 @@ def load_prior(path, *, device="cpu"):
     return PriorInfo.from_bundle(load_bundle(path, device=device), path)
 
 
+#: Command-line hyperparameters (``Options.params`` keys) and the method they belong to.
+METHOD_OF_PARAM = {"alpha": "paper", "beta1": "paper", "beta2": "paper",
+                   "iterations": "paper", "selection": "flow-intensity"}
+#: Their command-line flags, for messages.
+FLAG_OF_PARAM = {"selection": "--intensity-model"}
+
+
 def cli_overrides(opts):
     """Hyperparameters given on the command line for ``opts.method``.
 
-    ``--alpha``, ``--beta1``, ``--beta2`` and ``--iterations`` belong to
-    ``--method paper``; with another method they are ignored with a warning.
+    ``--alpha``, ``--beta1``, ``--beta2`` and ``--iterations`` belong to ``--method paper``,
+    ``--intensity-model`` to ``--method flow-intensity``; with another method they are
+    ignored with a warning.
     """
     given = {k: v for k, v in opts.params.items() if v is not None}
-    if given and opts.method != "paper":
+    ignored = [k for k in given if METHOD_OF_PARAM.get(k, opts.method) != opts.method]
+    if ignored:
         LOGGER.warning(
-            "%s apply to --method paper only: ignored with --method %s",
-            ", ".join(f"--{k}" for k in given),
+            "%s ignored with --method %s",
+            ", ".join(FLAG_OF_PARAM.get(k, f"--{k}") for k in ignored),
             opts.method,
         )
-        return {}
-    return given
+    return {k: v for k, v in given.items() if k not in ignored}
 
 
 def resolve_device(device):

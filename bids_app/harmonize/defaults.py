@@ -8,6 +8,7 @@ so on our 96 x 112 grid the same step is beta1 = 1000 * sqrt(96 * 112 / (144 * 1
 DEFAULTS = {
     "method": "flow-intensity",
     "paper": {"alpha": 1e-3, "beta1": 651.0, "beta2": 1e-3, "iterations": 10},
-    "flow-intensity": {"knots": 33, "evaluations": 14, "scoring_slices": 24,
-                       "gamma_bias": 1.0, "gate_bits": 0.0},
+    "flow-intensity": {"knots": 33, "quantile_knots": 65, "evaluations": 14,
+                       "scoring_slices": 24, "gamma_bias": 1.0, "gate_bits": 0.0,
+                       "selection": "auto"},
 }

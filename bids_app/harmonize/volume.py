@@ -9,11 +9,14 @@ import torch
 
 from ..preprocess.slices import head_fraction, normalize_slices, reassemble, volume_to_slices
 from .defaults import DEFAULTS
+from .domain import out_of_domain
 from .intensity import apply_global_map, fit_intensity_map, fit_lut
 from .operators import cosine_similarity
 from .paper import blindharmony_paper
 
 METHODS = ("flow-intensity", "paper")
+#: How ``flow-intensity`` picks its map (:func:`select_map`).
+SELECTIONS = ("auto", "power", "quantile")
 
 #: Knots of the per-slice intensity maps that carry the result to native space.
 LUT_KNOTS = 33
@@ -35,6 +38,72 @@ def scoring_slice_indices(slices, valid, n):
     fraction = np.where(valid, head_fraction(slices), -1.0)
     order = np.argsort(-fraction, kind="stable")[: min(n, int(valid.sum()))]
     return np.sort(order)
+
+
+def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
+               selection="auto"):
+    """Check the prior's estimates against the population's quantiles; keep the finest one.
+
+    Two estimates of the source's contrast change are at hand: the prior's (identity for an
+    image it finds in its domain, else a power map; precise when the change is a power, blind
+    to changes outside that family) and the population quantile map
+    (:func:`~bids_app.harmonize.quantiles.quantile_map`: right for any monotone change, up to
+    how much one subject's intensity distribution differs from the population's). The
+    candidates are tried from the finest to the coarsest: the identity (only when the prior's
+    gate found the image in its domain), the prior's power map ``u ** (gamma_hat /
+    gamma_bias)``, and the quantile map. The first that is consistent with the population,
+    i.e. sends the source's quantiles as close to the population's mean as training images
+    are (:func:`~bids_app.harmonize.quantiles.consistency` at most the calibrated
+    threshold), is kept; the quantile map always is.
+
+    Parameters
+    ----------
+    volume : array ``(X, Y, Z)``
+        Source volume on the reference grid.
+    reference : nibabel image
+        The prior's reference template (defines the mask).
+    info : dict
+        :func:`~bids_app.harmonize.intensity.fit_intensity_map`'s record.
+    population : dict
+        :func:`~bids_app.harmonize.quantiles.population_statistics`' record.
+    n_knots : int
+        Knots of the quantile map.
+    gamma_bias : float
+        The prior's calibrated bias.
+    selection : {"auto", "power", "quantile"}
+        ``"power"``/``"quantile"`` force that candidate (for ablations).
+
+    Returns
+    -------
+    values : numpy array
+        Knot values of the chosen map.
+    info : dict
+        ``info`` with ``selected`` (``"identity"``, ``"power"`` or ``"quantile"``), the
+        applied ``gamma`` (None for the quantile map) and ``consistency`` (distance of each
+        candidate tried, in population spreads) and ``consistency_threshold``.
+    """
+    from .quantiles import consistency, quantile_map, reference_mask, volume_quantiles
+
+    if selection not in SELECTIONS:
+        raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
+    mask = reference_mask(reference, population.get("mask_threshold", 0.2))
+    source = volume_quantiles(volume, mask, np.asarray(population["levels"]))
+    target = np.asarray(population["quantiles"])
+    threshold = float(population["threshold"])
+    knots = np.linspace(0.0, 1.0, n_knots)
+    gamma = float(info["gamma_hat"]) / gamma_bias
+    candidates = {"power": knots ** gamma}
+    if info.get("in_domain") and selection == "auto":
+        candidates = {"identity": knots, **candidates}
+    candidates["quantile"] = quantile_map(source, target, n_knots)
+    distances = {}
+    for name, values in candidates.items():
+        distances[name] = round(consistency(values, source, population), 3)
+        if name == selection or (selection == "auto" and distances[name] <= threshold):
+            break
+    applied = {"identity": 1.0, "power": round(gamma, 4), "quantile": None}[name]
+    return values, {**info, "selected": name, "gamma": applied, "consistency": distances,
+                    "consistency_threshold": threshold}
 
 
 @torch.no_grad()
@@ -122,6 +191,15 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
                 gamma_bias=float(params["gamma_bias"]), gate_bits=float(params["gate_bits"]),
                 evaluations=int(params["evaluations"]), progress=bar.update,
             )
+        population = params.pop("population", None)
+        if population:
+            values, info = select_map(volume, bundle.reference, info, population,
+                                      n_knots=int(params["quantile_knots"]),
+                                      gamma_bias=float(params["gamma_bias"]),
+                                      selection=params.get("selection", "auto"))
+        elif params.get("selection", "auto") != "auto":
+            raise ValueError("this prior records no population quantiles (recalibrate it "
+                             "with blindharmony-train --recalibrate)")
         global_map = {"values": values, "scale": scale}
         mapped = apply_global_map(stack, values, scale)
         for k in idx:
@@ -143,6 +221,10 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
         "BitsPerDim": round(float(np.mean(bpd)), 4),
         "SourceBitsPerDim": round(float(np.mean(src_bpd)), 4),
         "SliceBitsPerDim": [None if np.isnan(v) else round(float(v), 4) for v in per_slice_bpd],
+        "OutOfDomain": out_of_domain(float(np.mean(latent)),
+                                     bundle.harmonization.get("out_of_domain")),
+        "OutOfDomainThreshold": (bundle.harmonization.get("out_of_domain") or {}).get(
+            "latent_norm_threshold"),
         "HarmonizedSlices": int(len(idx)),
         "Device": str(device),
         "RunTimeSeconds": round(time.perf_counter() - started, 2),

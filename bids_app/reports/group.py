@@ -100,8 +100,11 @@ class ImageRecord:
         row.update({k: self.source_meta.get(k) for k in SCANNER_FIELDS})
         row["group"] = self.group
         row.update({k: self.metrics.get(k) for k in METRICS})
+        row["OutOfDomain"] = self.metrics.get("OutOfDomain")
         row["OutOfDomainSlices"] = len(out_of_domain_slices(self.slice_bpd))
-        row["Method"] = (self.sidecar.get("Harmonization") or {}).get("Method")
+        harmonization = self.sidecar.get("Harmonization") or {}
+        row["Method"] = harmonization.get("Method")
+        row["IntensityModel"] = harmonization.get("Selected")
         row["Prior"] = (self.sidecar.get("Prior") or {}).get("Name")
         row["Outliers"] = ";".join(self.outliers) or None
         return row

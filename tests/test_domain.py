@@ -1,0 +1,53 @@
+"""Out-of-domain flag on real data: the shipped prior, a held-out IXI-HH fixture subject."""
+
+import nibabel as nb
+import numpy as np
+import pytest
+
+from bids_app.flow.bundle import load_bundle
+from bids_app.harmonize.domain import calibrate_domain, image_latent_norm, out_of_domain
+from bids_app.harmonize.volume import harmonize_volume
+from bids_app.preprocess.registration import register_affine, resample_to_grid
+
+
+@pytest.fixture(scope="module")
+def bundle():
+    return load_bundle()
+
+
+@pytest.fixture(scope="module")
+def volume(bundle, lib_t1w_path):
+    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
+    matrix = register_affine(img, bundle.reference, num_threads=1)
+    return np.asarray(resample_to_grid(img, bundle.reference, matrix), dtype=np.float32)
+
+
+def _inverted(volume):
+    head = volume > 0.02 * volume.max()
+    return np.where(head, volume.max() - volume, 0.0).astype(np.float32)
+
+
+def test_shipped_prior_records_the_threshold(bundle):
+    record = bundle.harmonization["out_of_domain"]
+    assert len(record["validation_latent_norm"]) == len(bundle.training["validation_subjects"])
+    assert record["latent_norm_threshold"] == pytest.approx(
+        1.25 * max(record["validation_latent_norm"]), abs=1e-3)
+
+
+def test_in_domain_image_is_not_flagged_and_inverted_contrast_is(bundle, volume):
+    _, result = harmonize_volume(volume, bundle, progress=False)
+    assert result["metrics"]["OutOfDomain"] is False
+    threshold = result["metrics"]["OutOfDomainThreshold"]
+    assert result["metrics"]["LatentNorm"] < threshold
+    _, result = harmonize_volume(_inverted(volume), bundle, progress=False)
+    assert result["metrics"]["OutOfDomain"] is True
+    assert result["metrics"]["LatentNorm"] > threshold
+
+
+def test_calibration_and_flag(bundle, volume):
+    record = calibrate_domain(bundle.flow, [volume])
+    norm = image_latent_norm(bundle.flow, volume)
+    assert record["validation_latent_norm"] == [pytest.approx(norm, abs=1e-4)]
+    assert out_of_domain(norm, record) is False
+    assert out_of_domain(image_latent_norm(bundle.flow, _inverted(volume)), record) is True
+    assert out_of_domain(norm, None) is None
