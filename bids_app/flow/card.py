@@ -44,7 +44,7 @@ def model_card(bundle, *, reproduce=None, license_text="CC BY-SA 3.0",
         f"| validation bits/dim | {bundle.metrics.get('val_bits_per_dim')} (best, at step "
         f"{bundle.metrics.get('best_step')}) |",
         f"| preprocessing | {bundle.preprocessing} |",
-        f"| harmonization defaults | {bundle.harmonization} |",
+        f"| harmonization defaults | {_summary(bundle.harmonization)} |",
         f"| software | blindharmony {bundle.software_version} |",
         "",
     ]
@@ -57,6 +57,15 @@ def model_card(bundle, *, reproduce=None, license_text="CC BY-SA 3.0",
                   f"{h['seconds']} |" for h in history]
         lines.append("")
     return "\n".join(lines)
+
+
+def _summary(record):
+    """``record`` with long lists (population quantiles, calibration evidence) summarized."""
+    if isinstance(record, dict):
+        return {k: _summary(v) for k, v in record.items()}
+    if isinstance(record, list) and len(record) > 12:
+        return f"<{len(record)} values>"
+    return record
 
 
 def sample_grid(bundle, path, *, n=12, seed=0, temperature=0.8):
