@@ -10,5 +10,5 @@ DEFAULTS = {
     "paper": {"alpha": 1e-3, "beta1": 651.0, "beta2": 1e-3, "iterations": 10},
     "flow-intensity": {"knots": 33, "quantile_knots": 65, "evaluations": 14,
                        "scoring_slices": 24, "gamma_bias": 1.0, "gate_bits": 0.0,
-                       "selection": "auto"},
+                       "selection": "auto", "veto_bits": 0.25},
 }

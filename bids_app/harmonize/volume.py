@@ -10,7 +10,7 @@ import torch
 from ..preprocess.slices import head_fraction, normalize_slices, reassemble, volume_to_slices
 from .defaults import DEFAULTS
 from .domain import out_of_domain
-from .intensity import apply_global_map, fit_intensity_map, fit_lut
+from .intensity import apply_global_map, apply_map, fit_intensity_map, fit_lut
 from .operators import cosine_similarity
 from .paper import blindharmony_paper
 
@@ -106,6 +106,43 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
                     "consistency_threshold": threshold}
 
 
+def _mapped_bits(flow, u, values):
+    """Mean bits/dim of the slices ``u`` after the map ``values`` and per-slice min-max."""
+    mapped = apply_map(u, torch.as_tensor(values, dtype=u.dtype, device=u.device))
+    flat = mapped.flatten(1)
+    low = flat.min(1).values.view(-1, 1, 1, 1)
+    span = (flat.max(1).values.view(-1, 1, 1, 1) - low).clamp_min(1e-6)
+    bpd, _ = slice_likelihood(flow, ((mapped - low) / span).clamp(0, 1))
+    return float(np.mean(bpd))
+
+
+def prior_veto(flow, u, prior_values, prior_info, quantile_values, info, veto_bits):
+    """Keep the prior's own answer when it finds the quantile map clearly worse.
+
+    The population check can replace the prior's answer by the quantile map; on a real
+    scanner the two can disagree for reasons the population cannot know (another head
+    coverage, fat signal, coil shading). Measured on the Siemens TrioTim MPRAGE: the
+    quantile map scored 9.33 bits/dim under the prior against 8.66 for the prior's power
+    map. The quantile map is kept only when its mean bits/dim on the slices ``u``
+    is at most ``veto_bits`` above the prior's answer's (both on all the slices holding head): more than the prior's largest
+    preference for a shifted image over the unshifted one seen on validation images (Exp:
+    up to 0.19 bits/dim lower than the unshifted image).
+
+    Returns the chosen ``(values, info)``; ``info`` gains ``bits_quantile``,
+    ``bits_prior`` and ``prior_veto``.
+    """
+    prior_bits = _mapped_bits(flow, u, np.asarray(prior_values))
+    quantile_bits = _mapped_bits(flow, u, np.asarray(quantile_values))
+    veto = quantile_bits > prior_bits + veto_bits
+    record = {"bits_quantile": round(quantile_bits, 4), "bits_prior": round(prior_bits, 4),
+              "prior_veto": bool(veto)}
+    if not veto:
+        return quantile_values, {**info, **record}
+    selected = "identity" if prior_info.get("in_domain") else "power"
+    return prior_values, {**info, **record, "selected": selected,
+                          "gamma": prior_info["gamma"]}
+
+
 @torch.no_grad()
 def slice_likelihood(flow, x, batch_size=32):
     """Bits/dim and latent RMS norm of each slice of ``x`` ``(B, 1, H, W)``."""
@@ -193,10 +230,14 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
             )
         population = params.pop("population", None)
         if population:
+            prior_values, prior_info = values, info
             values, info = select_map(volume, bundle.reference, info, population,
                                       n_knots=int(params["quantile_knots"]),
                                       gamma_bias=float(params["gamma_bias"]),
                                       selection=params.get("selection", "auto"))
+            if info["selected"] == "quantile" and params.get("selection", "auto") == "auto":
+                values, info = prior_veto(flow, u_all[idx], prior_values, prior_info,
+                                          values, info, float(params["veto_bits"]))
         elif params.get("selection", "auto") != "auto":
             raise ValueError("this prior records no population quantiles (recalibrate it "
                              "with blindharmony-train --recalibrate)")
