@@ -145,3 +145,27 @@ def test_flow_intensity_undoes_a_contrast_change_outside_the_power_family(volume
     before, after = summarize(shifted, clean), summarize(harmonized, clean)
     assert after["psnr"] > before["psnr"] + 8.0
     assert after["ssim"] > before["ssim"]
+
+
+def test_prior_veto(volumes, bundle):
+    import torch
+
+    from bids_app.harmonize.volume import prior_veto
+    from bids_app.preprocess.slices import normalize_slices, volume_to_slices
+
+    clean = volumes["IXI052"].astype(np.float32)
+    _, _, _, valid = normalize_slices(clean)
+    u = torch.from_numpy(volume_to_slices(clean) / float(clean.max()))[valid]
+    knots = np.linspace(0, 1, 33)
+    identity = {"in_domain": True, "gamma": 1.0}
+    # a map that crushes the contrast of an in-domain image: the prior finds it far worse
+    values, info = prior_veto(bundle.flow, u, knots, identity, knots**3, {"selected": "quantile"},
+                              0.25)
+    assert info["prior_veto"] and info["selected"] == "identity"
+    assert info["bits_quantile"] > info["bits_prior"] + 0.25
+    np.testing.assert_array_equal(values, knots)
+    # with a margin larger than the difference, the quantile map stands
+    values, info = prior_veto(bundle.flow, u, knots, identity, knots**3, {"selected": "quantile"},
+                              100.0)
+    assert not info["prior_veto"] and info["selected"] == "quantile"
+    np.testing.assert_array_equal(values, knots**3)
