@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..__about__ import __packagename__, __version__
 from ..errors import MissingInputError, UsageError
+from ..harmonize.defaults import SELECTIONS
 from ..utils.bids import check_bids_dir, check_participants, load_bids_filters, strip_label
 
 METHODS = ("flow-intensity", "paper")
@@ -179,7 +180,7 @@ def get_parser():
         "--intensity-model",
         "--intensity_model",
         dest="intensity_model",
-        choices=("auto", "power", "quantile"),
+        choices=SELECTIONS,
         help="flow-intensity only: how the contrast change is chosen. auto (default): the "
         "prior's estimate (identity or a power map) when it is consistent with the target "
         "population's intensity quantiles, else the population quantile map; power or "

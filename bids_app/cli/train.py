@@ -20,7 +20,6 @@ def get_parser():
     """The ``blindharmony-train`` argument parser."""
     from ..flow.model import PRESETS
 
-
     parser = argparse.ArgumentParser(
         prog="blindharmony-train",
         description=(

@@ -12,3 +12,6 @@ DEFAULTS = {
                        "scoring_slices": 24, "gamma_bias": 1.0, "gate_bits": 0.0,
                        "selection": "auto", "veto_bits": 0.25},
 }
+
+#: How ``flow-intensity`` picks its map (``harmonize.volume.select_map``; ``--intensity-model``).
+SELECTIONS = ("auto", "power", "quantile")

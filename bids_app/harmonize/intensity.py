@@ -71,6 +71,19 @@ def segment_counts(u, n_segments, *, floor=0.0):
     return torch.bincount(index.flatten(), minlength=n_segments).to(u.dtype)
 
 
+def map_and_normalize(u, values):
+    """``g(u)`` min-max normalized per slice, and each slice's span ``g(max) - g(min)``.
+
+    ``u`` is ``(B, 1, H, W)``, ``values`` the knot values of ``g``; returns ``(x, span)``
+    with ``span`` of shape ``(B,)``.
+    """
+    mapped = apply_map(u, values)
+    flat = mapped.flatten(1)
+    low = flat.min(1).values
+    span = (flat.max(1).values - low).clamp_min(1e-6)
+    return (mapped - low.view(-1, 1, 1, 1)) / span.view(-1, 1, 1, 1), span
+
+
 def map_log_likelihood(flow, u, values, counts):
     """Log-likelihood (nats per slice) of source slices under "prior + intensity map".
 
@@ -88,12 +101,7 @@ def map_log_likelihood(flow, u, values, counts):
     counts : torch.Tensor ``(B, K - 1)``
         Pixels of each slice on each segment (:func:`segment_counts` per slice).
     """
-    mapped = apply_map(u, values)
-    flat = mapped.flatten(1)
-    low = flat.min(1).values
-    high = flat.max(1).values
-    span = (high - low).clamp_min(1e-6)
-    x = (mapped - low.view(-1, 1, 1, 1)) / span.view(-1, 1, 1, 1)
+    x, span = map_and_normalize(u, values)
     jacobian = (counts * map_log_slopes(values)).sum(1) - flow.dim * torch.log(span)
     return flow.log_prob(x) + jacobian
 

@@ -8,15 +8,14 @@ import numpy as np
 import torch
 
 from ..preprocess.slices import head_fraction, normalize_slices, reassemble, volume_to_slices
-from .defaults import DEFAULTS
+from .defaults import DEFAULTS, SELECTIONS
 from .domain import out_of_domain
-from .intensity import apply_global_map, apply_map, fit_intensity_map, fit_lut
+from .intensity import apply_global_map, fit_intensity_map, fit_lut, map_and_normalize
 from .operators import cosine_similarity
 from .paper import blindharmony_paper
 
 METHODS = ("flow-intensity", "paper")
-#: How ``flow-intensity`` picks its map (:func:`select_map`).
-SELECTIONS = ("auto", "power", "quantile")
+
 
 #: Knots of the per-slice intensity maps that carry the result to native space.
 LUT_KNOTS = 33
@@ -108,11 +107,8 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
 
 def _mapped_bits(flow, u, values):
     """Mean bits/dim of the slices ``u`` after the map ``values`` and per-slice min-max."""
-    mapped = apply_map(u, torch.as_tensor(values, dtype=u.dtype, device=u.device))
-    flat = mapped.flatten(1)
-    low = flat.min(1).values.view(-1, 1, 1, 1)
-    span = (flat.max(1).values.view(-1, 1, 1, 1) - low).clamp_min(1e-6)
-    bpd, _ = slice_likelihood(flow, ((mapped - low) / span).clamp(0, 1))
+    x, _ = map_and_normalize(u, torch.as_tensor(values, dtype=u.dtype, device=u.device))
+    bpd, _ = slice_likelihood(flow, x.clamp(0, 1))
     return float(np.mean(bpd))
 
 
