@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from bids_app.evaluation.baselines import (  # noqa: E402
     histogram_match, low_frequency_harmonize, nyul_available, nyul_standardize, nyul_train,
     population_quantiles)
-from bids_app.evaluation.metrics import summarize  # noqa: E402
+from bids_app.evaluation.metrics import striping, summarize, white_matter_mask  # noqa: E402
 from bids_app.evaluation.shifts import ALL_SHIFTS, apply_shift  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ixi-hh"
@@ -110,6 +109,9 @@ def main(argv=None):
     parser.add_argument("--methods", nargs="+", default=["flow-intensity", "paper"],
                         help="app methods; flow-intensity:power or flow-intensity:quantile "
                         "force that --intensity-model (ablation)")
+    parser.add_argument("--baselines", nargs="*", default=["nyul", "low-frequency"],
+                        choices=["nyul", "low-frequency"],
+                        help="classical baselines besides histogram matching (always scored)")
     parser.add_argument("--prior", type=Path, default=None)
     parser.add_argument("--fast", action="store_true", help="library calls instead of the app")
     parser.add_argument("--nprocs", type=int, default=2)
@@ -126,8 +128,8 @@ def main(argv=None):
     train_volumes = [_ras(opts.data / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz").get_fdata()
                      for s in train]
     population = population_quantiles(train_volumes)
-    nyul = nyul_train(train_volumes) if nyul_available() else None
-    if nyul is None:
+    nyul = nyul_train(train_volumes) if nyul_available() and "nyul" in opts.baselines else None
+    if nyul is None and "nyul" in opts.baselines:
         print("intensity-normalization not installed (pip install '.[benchmarks]'): "
               "Nyul is not scored", file=sys.stderr)
     del train_volumes
@@ -141,11 +143,8 @@ def main(argv=None):
     tmp = Path(tempfile.mkdtemp(prefix="bh-quality-"))
     try:
         shifted_dir = make_shifted_dataset(test, opts.shifts, opts.data, tmp / "bids")
-        outputs, seconds, selected = {}, {}, {}
+        outputs, seconds, selected, target_striping = {}, {}, {}, []
         if opts.fast:
-            from bids_app.flow.bundle import load_bundle
-            from bids_app.preprocess.registration import register_affine
-
             bundle = load_bundle(opts.prior)
             matrices = {s: register_affine(
                 _ras(opts.data / f"sub-{s}" / "anat" / f"sub-{s}_T1w.nii.gz"), bundle.reference,
@@ -158,18 +157,20 @@ def main(argv=None):
                 outputs[method] = out
         for sub in test:
             clean = _ras(opts.data / f"sub-{sub}" / "anat" / f"sub-{sub}_T1w.nii.gz").get_fdata()
+            wm = white_matter_mask(clean)
+            target_striping.append(striping(clean, wm))
             for shift in opts.shifts:
                 label = shift.replace(".", "").replace("+", "")
                 name = f"sub-{sub}_acq-{label}"
                 src_img = _ras(shifted_dir / f"sub-{sub}" / "anat" / f"{name}_T1w.nii.gz")
                 src = src_img.get_fdata()
-                scores = {"source": summarize(src, clean),
-                          "histogram-matching": summarize(histogram_match(src, population), clean)}
+                images = {"source": src, "histogram-matching": histogram_match(src, population)}
                 if nyul is not None:
-                    scores["nyul"] = summarize(nyul_standardize(src, nyul), clean)
-                lf_matrix = register_affine(src_img, lf_bundle.reference, num_threads=2)
-                scores["low-frequency"] = summarize(low_frequency_harmonize(
-                    src_img, lf_matrix, template, lf_bundle.reference.affine), clean)
+                    images["nyul"] = nyul_standardize(src, nyul)
+                if "low-frequency" in opts.baselines:
+                    lf_matrix = register_affine(src_img, lf_bundle.reference, num_threads=2)
+                    images["low-frequency"] = low_frequency_harmonize(
+                        src_img, lf_matrix, template, lf_bundle.reference.affine)
                 for method in opts.methods:
                     if opts.fast:
                         started = time.time()
@@ -184,7 +185,9 @@ def main(argv=None):
                         chosen = sidecar.get("Harmonization", {}).get("Selected")
                         if chosen:
                             selected.setdefault(method, []).append(f"{sub} {shift}: {chosen}")
-                    scores[f"blindharmony:{method}"] = summarize(out, clean)
+                    images[f"blindharmony:{method}"] = out
+                scores = {m: {**summarize(img, clean), "striping": striping(img, wm)}
+                          for m, img in images.items()}
                 for method, s in scores.items():
                     rows.append({"subject": sub, "shift": shift, "method": method, **s})
                 print(sub, shift, {m: round(s["psnr"], 2) for m, s in scores.items()}, flush=True)
@@ -195,7 +198,8 @@ def main(argv=None):
     report = {"subjects": test, "shifts": opts.shifts, "mode": "fast" if opts.fast else "app",
               "seconds_per_image": {m: round(s / (len(test) * len(opts.shifts)), 1)
                                     for m, s in seconds.items()},
-              "selected": selected, "rows": rows, "table": table}
+              "selected": selected, "rows": rows, "table": table,
+              "target_striping": round(float(np.mean(target_striping)), 3)}
     opts.out.mkdir(parents=True, exist_ok=True)
     (opts.out / f"{opts.name}.json").write_text(json.dumps(report, indent=1))
     (opts.out / f"{opts.name}.md").write_text(markdown(report))
@@ -210,9 +214,11 @@ def summarize_rows(rows, shifts):
             sel = [r for r in rows if r["method"] == method and r["shift"] == shift]
             psnr = np.array([r["psnr"] for r in sel])
             ssim = np.array([r["ssim"] for r in sel])
+            stripes = np.array([r["striping"] for r in sel])
             table.setdefault(method, {})[shift] = {
                 "psnr": round(float(psnr.mean()), 2), "psnr_sd": round(float(psnr.std()), 2),
                 "ssim": round(float(ssim.mean()), 4), "ssim_sd": round(float(ssim.std()), 4),
+                "striping": round(float(stripes.mean()), 3),
             }
     return table
 
@@ -250,6 +256,18 @@ def markdown(report):
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: PSNR / SSIM. Seconds per image (app, 2 cores): "
               + json.dumps(report["seconds_per_image"])]
+    if "target_striping" in report:
+        lines += ["", "## Slice-to-slice striping", "",
+                  "`bids_app.evaluation.metrics.striping`: mean absolute difference of "
+                  "neighbouring axial slices' mean white-matter intensity, in percent of the "
+                  "volume's white-matter mean (white matter: `white_matter_mask` of the "
+                  "unshifted image, the same mask for every method). The unshifted images "
+                  f"score {report['target_striping']:.3f} % (anatomy); a method that "
+                  "harmonizes slices independently adds to it.", "",
+                  "| method | " + " | ".join(shifts) + " |", "|---|" + "---|" * len(shifts)]
+        for method, per in report["table"].items():
+            lines.append(f"| {method} | "
+                         + " | ".join(f"{per[s]['striping']:.3f}" for s in shifts) + " |")
     return "\n".join(lines) + "\n"
 
 

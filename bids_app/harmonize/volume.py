@@ -10,7 +10,8 @@ import torch
 from ..preprocess.slices import head_fraction, normalize_slices, reassemble, volume_to_slices
 from .defaults import DEFAULTS, SELECTIONS
 from .domain import out_of_domain
-from .intensity import apply_global_map, fit_intensity_map, fit_lut, map_and_normalize
+from .intensity import (apply_global_map, fit_intensity_map, fit_lut, interp_extended,
+                        map_and_normalize, smooth_slice_maps)
 from .operators import cosine_similarity
 from .paper import blindharmony_paper
 
@@ -87,14 +88,16 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
     mask = reference_mask(reference, population.get("mask_threshold", 0.2))
     source = volume_quantiles(volume, mask, np.asarray(population["levels"]))
-    target = np.asarray(population["quantiles"])
+    target = np.asarray(population["relative_quantiles"])
+    levels = np.asarray(population["levels"])
     threshold = float(population["threshold"])
     knots = np.linspace(0.0, 1.0, n_knots)
     gamma = float(info["gamma_hat"]) / gamma_bias
     candidates = {"power": knots ** gamma}
     if info.get("in_domain") and selection == "auto":
         candidates = {"identity": knots, **candidates}
-    candidates["quantile"] = quantile_map(source, target, n_knots)
+    candidates["quantile"] = quantile_map(source, target, n_knots, levels=levels,
+                                          anchor=population.get("anchor", 98.5))
     distances = {}
     for name, values in candidates.items():
         distances[name] = round(consistency(values, source, population), 3)
@@ -212,6 +215,12 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
         harmonized[idx] = out
         for j, k in enumerate(idx):
             lut[k] = fit_lut(slices[k, 0], out[j, 0], slices[k, 0] > 0.02, LUT_KNOTS)
+        sigma = float(params.get("slice_sigma", 0.0))
+        if sigma > 0:
+            # 3D consistency: one smooth family of maps for both outputs
+            lut = smooth_slice_maps(lut, low, high, valid, sigma)
+            for k in idx:
+                harmonized[k] = interp_extended(slices[k], lut[k]).astype(harmonized.dtype)
     else:
         chosen = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
         scale = float(np.max(volume))
