@@ -194,3 +194,19 @@ def test_prior_veto(volumes, bundle):
                               100.0)
     assert not info["prior_veto"] and info["selected"] == "quantile"
     np.testing.assert_array_equal(values, knots**0.3)
+
+
+def test_veto_applies_only_to_a_nearly_consistent_prior_answer():
+    from bids_app.harmonize.volume import veto_applies
+
+    threshold = 1.5
+    # the prior's identity is a little off the population: its likelihood may decide
+    near = {"consistency": {"identity": 2.0, "power": 9.0, "quantile": 0.0},
+            "consistency_threshold": threshold}
+    assert veto_applies(near, 3.0)
+    # the prior's answer (identity if it was tried, else the power map) is far off
+    far = {"consistency": {"power": 49.0, "quantile": 0.0}, "consistency_threshold": threshold}
+    assert not veto_applies(far, 3.0)
+    assert veto_applies(far, 40.0)
+    assert not veto_applies({"consistency": {"identity": 17.3, "power": 1.0},
+                             "consistency_threshold": threshold}, 3.0)

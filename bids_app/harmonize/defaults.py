@@ -16,7 +16,8 @@ DEFAULTS = {
               "slice_sigma": 4.0},
     "flow-intensity": {"knots": 33, "quantile_knots": 65, "evaluations": 14,
                        "scoring_slices": 24, "gamma_bias": 1.0, "gate_bits": 0.0,
-                       "selection": "auto", "veto_bits": 0.25},
+                       "selection": "auto", "veto_bits": 0.25,
+                       "veto_consistency": 3.0},
 }
 
 #: How ``flow-intensity`` picks its map (``harmonize.volume.select_map``; ``--intensity-model``).

@@ -115,17 +115,33 @@ def _mapped_bits(flow, u, values):
     return float(np.mean(bpd))
 
 
+def veto_applies(info, veto_consistency):
+    """Whether the prior may veto the quantile map: its own answer is nearly consistent.
+
+    The population check measures how far the prior's answer (the identity or the power
+    map, whichever the prior gave) leaves the source from the population, in units of the
+    consistency threshold. Within ``veto_consistency`` thresholds the two sources of
+    evidence are close and the prior's likelihood decides; beyond it the population's
+    evidence is overwhelming and the quantile map stands.
+    """
+    distances = info.get("consistency", {})
+    own = next((distances[k] for k in ("identity", "power") if k in distances), None)
+    if own is None:
+        return True
+    return own <= veto_consistency * float(info["consistency_threshold"])
+
+
 def prior_veto(flow, u, prior_values, prior_info, quantile_values, info, veto_bits):
     """Keep the prior's own answer when it finds the quantile map clearly worse.
 
-    The population check can replace the prior's answer by the quantile map; on a real
-    scanner the two can disagree for reasons the population cannot know (another head
-    coverage, fat signal, coil shading). Measured on the Siemens TrioTim MPRAGE: the
-    quantile map scored 9.33 bits/dim under the prior against 8.66 for the prior's power
-    map. The quantile map is kept only when its mean bits/dim on the slices ``u``
-    is at most ``veto_bits`` above the prior's answer's (both on all the slices holding head): more than the prior's largest
-    preference for a shifted image over the unshifted one seen on validation images (Exp:
-    up to 0.19 bits/dim lower than the unshifted image).
+    The population check can replace the prior's answer by the quantile map; the two can
+    disagree for reasons the population cannot know (a subject's own anatomy, head coverage,
+    coil shading). The quantile map is kept only when its mean bits/dim on the slices ``u``
+    is at most ``veto_bits`` above the prior's answer's (both on all the slices holding
+    head): more than the prior's largest preference for a shifted image over the unshifted
+    one seen on validation images when the margin was set (Exp: up to 0.19 bits/dim lower
+    than the unshifted image). :func:`harmonize_volume` asks for the veto only when
+    :func:`veto_applies`.
 
     Returns the chosen ``(values, info)``; ``info`` gains ``bits_quantile``,
     ``bits_prior`` and ``prior_veto``.
@@ -240,7 +256,8 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
                                       n_knots=int(params["quantile_knots"]),
                                       gamma_bias=float(params["gamma_bias"]),
                                       selection=params.get("selection", "auto"))
-            if info["selected"] == "quantile" and params.get("selection", "auto") == "auto":
+            if (info["selected"] == "quantile" and params.get("selection", "auto") == "auto"
+                    and veto_applies(info, float(params["veto_consistency"]))):
                 values, info = prior_veto(flow, u_all[idx], prior_values, prior_info,
                                           values, info, float(params["veto_bits"]))
         elif params.get("selection", "auto") != "auto":
