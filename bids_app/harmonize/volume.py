@@ -54,7 +54,9 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
     gamma_bias)``, and the quantile map. The first that is consistent with the population,
     i.e. sends the source's quantiles as close to the population's mean as training images
     are (:func:`~bids_app.harmonize.quantiles.consistency` at most the calibrated
-    threshold), is kept; the quantile map always is.
+    threshold; for the identity, the looser ``identity_threshold``: leaving an in-domain
+    image untouched matters more than catching the mildest shifts), is kept; the quantile
+    map always is.
 
     Parameters
     ----------
@@ -101,11 +103,15 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
     distances = {}
     for name, values in candidates.items():
         distances[name] = round(consistency(values, source, population), 3)
-        if name == selection or (selection == "auto" and distances[name] <= threshold):
+        limit = (float(population.get("identity_threshold", threshold))
+                 if name == "identity" else threshold)
+        if name == selection or (selection == "auto" and distances[name] <= limit):
             break
     applied = {"identity": 1.0, "power": round(gamma, 4), "quantile": None}[name]
     return values, {**info, "selected": name, "gamma": applied, "consistency": distances,
-                    "consistency_threshold": threshold}
+                    "consistency_threshold": threshold,
+                    "identity_threshold": float(population.get("identity_threshold",
+                                                               threshold))}
 
 
 def _mapped_bits(flow, u, values):
