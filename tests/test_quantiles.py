@@ -87,6 +87,7 @@ def test_population_statistics_are_in_spread_units(volumes, mask):
     # by construction the members of the population are one spread away on average
     assert np.mean(distances) == pytest.approx(1.0, rel=1e-3)
     assert stats["threshold"] == pytest.approx(np.percentile(distances, 80), rel=1e-3)
+    assert stats["identity_threshold"] == pytest.approx(np.percentile(distances, 95), rel=1e-3)
 
 
 @pytest.mark.parametrize("shift", ["exp", "gamma0.7", "gamma1.5"])
@@ -210,3 +211,20 @@ def test_veto_applies_only_to_a_nearly_consistent_prior_answer():
     assert veto_applies(far, 40.0)
     assert not veto_applies({"consistency": {"identity": 17.3, "power": 1.0},
                              "consistency_threshold": threshold}, 3.0)
+
+
+def test_identity_has_its_own_looser_threshold(volumes, bundle):
+    population = dict(bundle.harmonization["flow-intensity"]["population"])
+    assert population["identity_threshold"] > population["threshold"]
+    clean = volumes["IXI094"]
+    # an image a little further from the population than the strict threshold allows
+    # keeps the identity as long as it is within the identity's threshold
+    _, info = select_map(clean, bundle.reference, _info(True, 1.0), population, n_knots=65)
+    distance = info["consistency"]["identity"]
+    population["threshold"] = 0.5 * distance
+    population["identity_threshold"] = 2.0 * distance
+    _, info = select_map(clean, bundle.reference, _info(True, 1.0), population, n_knots=65)
+    assert info["selected"] == "identity" and info["identity_threshold"] == 2.0 * distance
+    population["identity_threshold"] = 0.5 * distance
+    _, info = select_map(clean, bundle.reference, _info(True, 1.0), population, n_knots=65)
+    assert info["selected"] != "identity"
