@@ -228,3 +228,8 @@ def test_identity_has_its_own_looser_threshold(volumes, bundle):
     population["identity_threshold"] = 0.5 * distance
     _, info = select_map(clean, bundle.reference, _info(True, 1.0), population, n_knots=65)
     assert info["selected"] != "identity"
+
+
+def test_population_needs_two_distinct_images(volumes, mask):
+    with pytest.raises(ValueError, match="at least two"):
+        population_statistics([volumes["IXI052"]], mask)

@@ -363,8 +363,12 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     if train_volumes is not None and len(train_volumes):
         from ..harmonize.quantiles import population_statistics, reference_mask
 
-        record["flow-intensity"]["population"] = population_statistics(
-            train_volumes, reference_mask(bundle.reference))
+        try:
+            record["flow-intensity"]["population"] = population_statistics(
+                train_volumes, reference_mask(bundle.reference))
+        except ValueError as exc:
+            # the prior's own estimate is used alone (no population check)
+            print(f"Population quantiles not recorded: {exc}", file=sys.stderr)
     bundle.harmonization = record
     bundle.save(bundle_path)
     print(f"Calibration on {len(volumes)} validation image(s): gamma bias "

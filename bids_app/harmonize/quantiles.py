@@ -113,6 +113,9 @@ def population_statistics(volumes, mask, *, levels=LEVELS,
     scale[_anchor_index(levels)] = 0.0
     distances = _standardized_distances(rel, mean, scale)
     spread = float(distances.mean())
+    if not np.isfinite(spread) or spread <= 0:
+        raise ValueError(f"population statistics need at least two training images whose "
+                         f"intensities differ ({len(quantiles)} given)")
     return {
         "levels": [round(float(v), 3) for v in levels],
         "quantiles": [round(float(v), 6) for v in quantiles.mean(axis=0)],
