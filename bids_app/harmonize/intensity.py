@@ -44,6 +44,16 @@ def interp_extended(t, values):
     return np.where(t > 1, values[-1] + (t - 1) * (values[-1] - values[-2]) / step, out)
 
 
+def apply_slice_map(values, lut, low, high):
+    """One slice's map (knot values ``lut`` on that slice's ``[low, high]``) in volume units.
+
+    ``v -> low + span * lut((v - low) / span)``, extended linearly outside ``[low, high]``
+    (``span = high - low``, or 1 for a constant slice).
+    """
+    span = high - low if high > low else 1.0
+    return low + span * interp_extended((np.asarray(values, dtype=np.float64) - low) / span, lut)
+
+
 def apply_global_map(x, values, scale):
     """Apply a map fitted on ``x / scale`` to intensities ``x`` (numpy), in ``x``'s units.
 
@@ -310,7 +320,7 @@ def smooth_slice_maps(lut, low, high, valid, sigma, *, n_grid=129):
     span = np.where(high > low, high - low, 1.0)
     weight = np.asarray(valid, dtype=np.float64)
     grid = np.linspace(0.0, float(np.max(high[weight > 0])), n_grid)
-    absolute = np.stack([low[k] + span[k] * interp_extended((grid - low[k]) / span[k], lut[k])
+    absolute = np.stack([apply_slice_map(grid, lut[k], low[k], high[k])
                          for k in range(len(lut))])
     smoothed = gaussian_filter1d(absolute * weight[:, None], sigma, axis=0, mode="nearest")
     norm = gaussian_filter1d(weight, sigma, mode="nearest")

@@ -25,14 +25,6 @@ def _slice_coordinate(native_img, matrix, grid_affine):
     )
 
 
-def _apply_slice_map(values, lut, low, high):
-    """Map native intensities through one slice's map (extended linearly outside [0, 1])."""
-    from ..harmonize.intensity import interp_extended
-
-    span = high - low if high > low else 1.0
-    return low + span * interp_extended((values - low) / span, lut)
-
-
 def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map=None):
     """Harmonized image on the native grid.
 
@@ -60,12 +52,12 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
     nibabel.Nifti1Image
         Same shape, affine and header as ``native_img``; float32 data.
     """
+    from ..harmonize.intensity import apply_global_map, apply_slice_map
+
     lut, low, high = np.asarray(lut), np.asarray(low, float), np.asarray(high, float)
     valid_idx = np.nonzero(np.asarray(valid))[0]
     data = np.asanyarray(native_img.dataobj, dtype=np.float64)
     if global_map is not None:
-        from ..harmonize.intensity import apply_global_map
-
         out = apply_global_map(data, global_map["values"], global_map["scale"])
         return _like(native_img, out)
     if valid_idx.size == 0:
@@ -89,9 +81,9 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
         if sel.size == 0:
             continue
         values = flat_data[sel]
-        first = _apply_slice_map(values, lut[k], low[k], high[k])
+        first = apply_slice_map(values, lut[k], low[k], high[k])
         if len(lut) > 1:
-            second = _apply_slice_map(values, lut[k + 1], low[k + 1], high[k + 1])
+            second = apply_slice_map(values, lut[k + 1], low[k + 1], high[k + 1])
             w = flat_w[sel]
             flat_out[sel] = (1 - w) * first + w * second
         else:
