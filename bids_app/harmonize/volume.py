@@ -84,34 +84,34 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
         applied ``gamma`` (None for the quantile map) and ``consistency`` (distance of each
         candidate tried, in population spreads) and ``consistency_threshold``.
     """
-    from .quantiles import consistency, quantile_map, reference_mask, volume_quantiles
+    from .quantiles import (ANCHOR, MASK_THRESHOLD, consistency, quantile_map, reference_mask,
+                            volume_quantiles)
 
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
-    mask = reference_mask(reference, population.get("mask_threshold", 0.2))
-    source = volume_quantiles(volume, mask, np.asarray(population["levels"]))
-    target = np.asarray(population["relative_quantiles"])
+    mask = reference_mask(reference, population.get("mask_threshold", MASK_THRESHOLD))
     levels = np.asarray(population["levels"])
+    source = volume_quantiles(volume, mask, levels)
+    target = np.asarray(population["relative_quantiles"])
     threshold = float(population["threshold"])
+    limits = {"identity": float(population.get("identity_threshold", threshold))}
     knots = np.linspace(0.0, 1.0, n_knots)
     gamma = float(info["gamma_hat"]) / gamma_bias
     candidates = {"power": knots ** gamma}
     if info.get("in_domain") and selection == "auto":
         candidates = {"identity": knots, **candidates}
     candidates["quantile"] = quantile_map(source, target, n_knots, levels=levels,
-                                          anchor=population.get("anchor", 98.5))
+                                          anchor=population.get("anchor", ANCHOR))
     distances = {}
     for name, values in candidates.items():
         distances[name] = round(consistency(values, source, population), 3)
-        limit = (float(population.get("identity_threshold", threshold))
-                 if name == "identity" else threshold)
-        if name == selection or (selection == "auto" and distances[name] <= limit):
+        if name == selection or (selection == "auto"
+                                 and distances[name] <= limits.get(name, threshold)):
             break
     applied = {"identity": 1.0, "power": round(gamma, 4), "quantile": None}[name]
     return values, {**info, "selected": name, "gamma": applied, "consistency": distances,
                     "consistency_threshold": threshold,
-                    "identity_threshold": float(population.get("identity_threshold",
-                                                               threshold))}
+                    "identity_threshold": limits["identity"]}
 
 
 def _mapped_bits(flow, u, values):
@@ -128,12 +128,11 @@ def veto_applies(info, veto_consistency):
     map, whichever the prior gave) leaves the source from the population, in units of the
     consistency threshold. Within ``veto_consistency`` thresholds the two sources of
     evidence are close and the prior's likelihood decides; beyond it the population's
-    evidence is overwhelming and the quantile map stands.
+    evidence is overwhelming and the quantile map stands. ``info`` is an ``auto``
+    :func:`select_map` record, so the prior's answer was tried before the quantile map.
     """
-    distances = info.get("consistency", {})
-    own = next((distances[k] for k in ("identity", "power") if k in distances), None)
-    if own is None:
-        return True
+    distances = info["consistency"]
+    own = distances["identity"] if "identity" in distances else distances["power"]
     return own <= veto_consistency * float(info["consistency_threshold"])
 
 
