@@ -40,6 +40,7 @@ from bids_app.evaluation.baselines import (  # noqa: E402
     population_quantiles)
 from bids_app.evaluation.metrics import striping, summarize, white_matter_mask  # noqa: E402
 from bids_app.evaluation.shifts import ALL_SHIFTS, apply_shift  # noqa: E402
+from bids_app.interfaces.harmonize import sidecar_key  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data" / "ixi-hh"
 
@@ -68,17 +69,27 @@ def make_shifted_dataset(subjects, shifts, data_dir, out_dir):
     return out_dir
 
 
-def method_args(method):
-    """App options of a benchmark method: ``flow-intensity[:MODEL]`` or ``paper``."""
-    name, _, model = method.partition(":")
-    return ["--method", name] + (["--intensity-model", model] if model else [])
+def parse_method(method):
+    """``(app method, parameter overrides, app options)`` of a benchmark method.
+
+    ``flow-intensity[:MODEL]`` forces ``--intensity-model MODEL`` (ablation);
+    ``paper[:beta1=VALUE]`` passes ``--beta1 VALUE`` (a number, or ``auto``).
+    """
+    name, _, variant = method.partition(":")
+    if not variant:
+        return name, {}, ["--method", name]
+    if name == "paper" and variant.startswith("beta1="):
+        value = variant.partition("=")[2]
+        value = value if value == "auto" else float(value)
+        return name, {"beta1": value}, ["--method", name, "--beta1", str(value)]
+    return name, {"selection": variant}, ["--method", name, "--intensity-model", variant]
 
 
 def run_app(bids_dir, out_dir, work_dir, method, subjects, nprocs):
     app = [shutil.which("blindharmony")] if shutil.which("blindharmony") else [
         sys.executable, "-m", "bids_app"]
     cmd = [*app, str(bids_dir), str(out_dir),
-           "participant", "--participant-label", *subjects, *method_args(method),
+           "participant", "--participant-label", *subjects, *parse_method(method)[2],
            "--skip-bids-validation", "-w", str(work_dir), "--nprocs", str(nprocs),
            "--omp-nthreads", "2"]
     started = time.time()
@@ -93,12 +104,18 @@ def fast_harmonize(bundle, native, shifted_img, method, matrix):
     from bids_app.preprocess.registration import resample_to_grid
 
     ref_vol = resample_to_grid(shifted_img, bundle.reference, matrix)
-    name, _, model = method.partition(":")
-    _, result = harmonize_volume(ref_vol, bundle, method=name, progress=False,
-                                 params={"selection": model or None})
+    name, params, _ = parse_method(method)
+    _, result = harmonize_volume(ref_vol, bundle, method=name, progress=False, params=params)
     out = to_native(shifted_img, result["lut"], result["low"], result["high"], result["valid"],
                     matrix, bundle.reference.affine, result["global_map"])
-    return np.asanyarray(out.dataobj), result["metrics"]
+    return np.asanyarray(out.dataobj), result["params"]
+
+
+def _chosen(record):
+    """What the method chose for an image: the default's map, or the automatic beta1."""
+    if record.get("AutoBeta1"):
+        return f"beta1 {record['Beta1']}"
+    return record.get("Selected")
 
 
 def main(argv=None):
@@ -108,7 +125,8 @@ def main(argv=None):
     parser.add_argument("--shifts", nargs="+", default=ALL_SHIFTS)
     parser.add_argument("--methods", nargs="+", default=["flow-intensity", "paper"],
                         help="app methods; flow-intensity:power or flow-intensity:quantile "
-                        "force that --intensity-model (ablation)")
+                        "force that --intensity-model (ablation); paper:beta1=VALUE passes "
+                        "--beta1 VALUE (a number or auto)")
     parser.add_argument("--baselines", nargs="*", default=["nyul", "low-frequency"],
                         choices=["nyul", "low-frequency"],
                         help="classical baselines besides histogram matching (always scored)")
@@ -174,17 +192,18 @@ def main(argv=None):
                 for method in opts.methods:
                     if opts.fast:
                         started = time.time()
-                        out, metrics = fast_harmonize(bundle, src_img, src_img, method,
-                                                      matrices[sub])
+                        out, params = fast_harmonize(bundle, src_img, src_img, method,
+                                                     matrices[sub])
                         seconds[method] = seconds.get(method, 0) + time.time() - started
+                        chosen = _chosen({sidecar_key(k): v for k, v in params.items()})
                     else:
                         out = _ras(outputs[method] / f"sub-{sub}" / "anat" /
                                    f"{name}_desc-harmonized_T1w.nii.gz").get_fdata()
                         sidecar = json.loads((outputs[method] / f"sub-{sub}" / "anat" /
                                               f"{name}_desc-harmonized_T1w.json").read_text())
-                        chosen = sidecar.get("Harmonization", {}).get("Selected")
-                        if chosen:
-                            selected.setdefault(method, []).append(f"{sub} {shift}: {chosen}")
+                        chosen = _chosen(sidecar.get("Harmonization", {}))
+                    if chosen:
+                        selected.setdefault(method, []).append(f"{sub} {shift}: {chosen}")
                     images[f"blindharmony:{method}"] = out
                 scores = {m: {**summarize(img, clean), "striping": striping(img, wm)}
                           for m, img in images.items()}
@@ -226,9 +245,9 @@ def summarize_rows(rows, shifts):
 PROTOCOL = """# Quality: the paper's Table 1 protocol on held-out IXI-HH subjects
 
 `python benchmarks/quality.py -n 5 --methods flow-intensity flow-intensity:quantile paper`
-(through the real app, `blindharmony ... participant`, on 2 CPU cores). Each IXI-HH test subject (never used for
-training or calibration) is shifted with `bids_app/evaluation/shifts.py` (per the paper:
-min-max, transform, min-max again: `exp(x)`, `log(1 + x)`, `x**0.7`, `x**1.5`; and a
+(through the real app, `blindharmony ... participant`, on 2 CPU cores). Each IXI-HH test
+subject (never used for training or calibration) is shifted with
+`bids_app/evaluation/shifts.py` (per the paper: min-max, transform, min-max again: `exp(x)`, `log(1 + x)`, `x**0.7`, `x**1.5`; and a
 smooth random multiplicative polynomial field of +-35 % followed by `x**0.8`), harmonized,
 and scored against the unshifted image per axial slice (RAS), both min-max normalized,
 PSNR and SSIM with data range 1, on slices with at least 10 % head. Histogram matching

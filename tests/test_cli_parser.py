@@ -63,6 +63,7 @@ def test_harmonization_options(base, tmp_path):
                            "slice_sigma": 0.0, "selection": None}
     assert opts.method == "paper" and opts.device == "cpu" and opts.prior == prior
     assert parse_args(base + ["--intensity-model", "quantile"]).params["selection"] == "quantile"
+    assert parse_args(base + ["--method", "paper", "--beta1", "auto"]).params["beta1"] == "auto"
     assert opts.mem_gb == 4.0 and opts.verbose == 2
     assert opts.skip_bids_validation and opts.stop_on_first_crash and opts.write_graph
 
@@ -105,6 +106,8 @@ def _error(argv):
     ["--method", "nope"],
     ["--device", "tpu"],
     ["--alpha", "-1"],
+    ["--beta1", "automatic"],
+    ["--beta1", "-5"],
     ["--iterations", "0"],
     ["--nprocs", "two"],
     ["--nprocs", "2", "--omp-nthreads", "4"],

@@ -75,6 +75,17 @@ def test_large_beta1_increases_similarity_to_source(flow):
     assert torch.all(cosine_similarity(weak, xs) < end)
 
 
+def test_per_slice_beta1_equals_separate_runs(flow):
+    """Several beta1 values in one batch give what each value gives on its own."""
+    xs, x0 = _blobs(2, 4), _blobs(2, 5)
+    both, _ = blindharmony_paper(flow, xs.repeat(2, 1, 1, 1), x0.repeat(2, 1, 1, 1),
+                                 beta1=torch.tensor([1.0, 1.0, 20.0, 20.0]), iterations=3)
+    weak, _ = blindharmony_paper(flow, xs, x0, beta1=1.0, iterations=3)
+    strong, _ = blindharmony_paper(flow, xs, x0, beta1=20.0, iterations=3)
+    torch.testing.assert_close(both, torch.cat([weak, strong]), atol=1e-8, rtol=0)
+    assert (weak - strong).abs().max() > 1e-3
+
+
 def test_edge_term_smooths_non_edge_regions(flow):
     xs = _blobs(2, 6)
     x0 = (xs + 0.05 * torch.randn(xs.shape, generator=torch.Generator().manual_seed(0),
@@ -129,9 +140,10 @@ def test_paper_method_maps_are_smoothed_across_slices(lib_t1w_path):
     matrix = register_affine(img, bundle.reference, num_threads=1)
     volume = np.asarray(resample_to_grid(img, bundle.reference, matrix), dtype=np.float32)
     wm = white_matter_mask(volume)
+    # unsmoothed with beta1 fixed; smoothed with the automatic beta1
     runs = {sigma: harmonize_volume(volume, bundle, method="paper", progress=False,
-                                    params={"iterations": 3, "slice_sigma": sigma})
-            for sigma in (0.0, 4.0)}
+                                    params={"iterations": 3, "slice_sigma": sigma, **extra})
+            for sigma, extra in ((0.0, {"beta1": 651.0}), (4.0, {"beta1": "auto"}))}
     direct, smoothed = striping(runs[0.0][0], wm), striping(runs[4.0][0], wm)
     assert smoothed < 0.5 * direct
     assert smoothed < striping(volume, wm) + 1.0  # close to the image's own anatomy
@@ -143,3 +155,14 @@ def test_paper_method_maps_are_smoothed_across_slices(lib_t1w_path):
     expected = low[k] + (high[k] - low[k]) * interp_extended(slices[k, 0], result["lut"][k])
     np.testing.assert_allclose(out[:, :, k], expected, rtol=1e-4, atol=1e-3 * high[k])
     assert result["params"]["slice_sigma"] == 4.0
+    # the automatic beta1 tried its candidates and reports the chosen one and the scores
+    params = result["params"]
+    assert params["auto_beta1"] is True
+    assert params["beta1_candidates"] == [325.5, 651.0, 1302.0]
+    assert params["beta1"] in params["beta1_candidates"]
+    scores = params["beta1_bits_per_dim"]
+    assert len(scores) == 3 and np.all(np.isfinite(scores))
+    assert params["beta1"] == params["beta1_candidates"][int(np.argmin(scores))]
+    fixed = runs[0.0][1]["params"]
+    assert fixed["beta1"] == 651.0 and fixed["auto_beta1"] is False
+    assert "beta1_candidates" not in fixed

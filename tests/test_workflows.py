@@ -108,13 +108,14 @@ def test_build_workflow_from_cli(bids_skeleton, skeleton_files, tmp_path):
     prior.write_bytes(b"fake")
     opts = parse_args([str(bids_skeleton), str(tmp_path / "out"), "participant",
                        "-w", str(tmp_path / "work"), "--method", "paper", "--alpha", "0.5",
-                       "--prior", str(prior), "--registration-engine", "simpleitk"])
+                       "--beta1", "auto", "--prior", str(prior),
+                       "--registration-engine", "simpleitk"])
     info = PriorInfo(**{**PRIOR.__dict__, "path": str(prior)})
     workflow = build_workflow(opts, skeleton_files, prior=info, device="cpu")
     assert workflow.name == "blindharmony_wf" and workflow.base_dir == str(tmp_path / "work")
     harmonize = workflow.get_node("single_subject_02_wf").get_node("t1w_ses_1_wf") \
         .get_node("harmonize")
-    assert harmonize.inputs.params == {"alpha": 0.5}
+    assert harmonize.inputs.params == {"alpha": 0.5, "beta1": "auto"}
     assert harmonize.inputs.method == "paper" and harmonize.inputs.prior_path == str(prior)
     for subject in ("01", "02"):
         reference = workflow.get_node(f"single_subject_{subject}_wf").get_node("prior_reference")

@@ -52,6 +52,11 @@ def _nonnegative_float(value):
     return number
 
 
+def _beta1(value):
+    """``--beta1``: a number, or ``auto`` (chosen per image)."""
+    return "auto" if value == "auto" else _nonnegative_float(value)
+
+
 def _positive_float(value):
     number = _nonnegative_float(value)
     if number == 0:
@@ -168,7 +173,12 @@ def get_parser():
         "--alpha", type=_nonnegative_float, help="prior weight (default: from the prior)"
     )
     g_model.add_argument(
-        "--beta1", type=_nonnegative_float, help="data term weight (default: from the prior)"
+        "--beta1",
+        type=_beta1,
+        metavar="VALUE|auto",
+        help="paper only: data term weight (default: from the prior); 'auto' chooses it per "
+        "image among 0.5, 1 and 2 times the prior's value, by the prior's likelihood of the "
+        "source (docs/method.md)",
     )
     g_model.add_argument(
         "--beta2", type=_nonnegative_float, help="edge term weight (default: from the prior)"
@@ -248,7 +258,7 @@ class Options:
     device: str = "auto"
     method: str = "flow-intensity"
     alpha: float | None = None
-    beta1: float | None = None
+    beta1: float | str | None = None
     beta2: float | None = None
     iterations: int | None = None
     slice_smoothing: float | None = None

@@ -14,18 +14,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .metrics import minmax
+
 LEVELS = np.linspace(0.5, 99.5, 100)
-
-
-def _minmax(x):
-    x = np.asarray(x, dtype=np.float64)
-    lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
 def foreground_quantiles(volume, levels=LEVELS, threshold=0.05):
     """Quantiles (at ``levels`` percent) of the min-max normalized volume's foreground."""
-    x = _minmax(volume)
+    x = minmax(volume)
     return np.percentile(x[x > threshold], levels)
 
 
@@ -36,7 +32,7 @@ def population_quantiles(volumes, levels=LEVELS):
 
 def histogram_match(volume, reference_quantiles, levels=LEVELS):
     """Map ``volume`` (min-max normalized) monotonically onto the population quantiles."""
-    x = _minmax(volume)
+    x = minmax(volume)
     source = foreground_quantiles(volume, levels)
     src = np.concatenate([[0.0], source, [1.0]])
     dst = np.concatenate([[0.0], reference_quantiles, [1.0]])
@@ -112,7 +108,7 @@ def nyul_train(volumes, *, threshold=0.05):
     NyulNormalizer, create_image = _nyul_api()
     images, masks, ends = [], [], []
     for volume in volumes:
-        x = _minmax(volume)
+        x = minmax(volume)
         mask = _foreground(x, threshold)
         ends.append(np.percentile(x[mask], [NYUL_PERCENTILES[0], NYUL_PERCENTILES[-1]]))
         images.append(create_image(x))
@@ -154,7 +150,7 @@ def nyul_standardize(volume, normalizer, *, threshold=0.05):
         float32, the shape of ``volume``, in the target domain's normalized units.
     """
     _, create_image = _nyul_api()
-    x = _minmax(volume)
+    x = minmax(volume)
     mask = _foreground(x, threshold).astype(np.float32)
     out = normalizer.transform(create_image(x), mask=create_image(mask)).get_data()
     return np.asarray(out, dtype=np.float32).reshape(np.shape(volume))
@@ -224,7 +220,7 @@ def low_frequency_replace(volume, reference, *, wavelength=80.0, voxel_size=(1.0
     """
     if mode not in ("amplitude", "complex"):
         raise ValueError(f"mode must be 'amplitude' or 'complex', not {mode!r}")
-    x = np.moveaxis(_minmax(volume), axis, 0)
+    x = np.moveaxis(minmax(volume), axis, 0)
     r = np.moveaxis(np.asarray(reference, dtype=np.float64), axis, 0)
     if x.shape != r.shape:
         raise ValueError(f"shapes differ: {np.shape(volume)} vs {np.shape(reference)}")

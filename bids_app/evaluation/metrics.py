@@ -10,8 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 
-def _minmax(x):
-    lo, hi = float(x.min()), float(x.max())
+def minmax(x):
+    """``x`` scaled to [0, 1] (float64); a constant image gives zeros."""
+    x = np.asarray(x, dtype=np.float64)
+    lo, hi = x.min(), x.max()
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
@@ -25,10 +27,10 @@ def slice_scores(test, reference, *, min_fraction=0.1):
         raise ValueError(f"shapes differ: {test.shape} vs {reference.shape}")
     psnr, ssim = [], []
     for k in range(reference.shape[2]):
-        ref = _minmax(reference[:, :, k])
+        ref = minmax(reference[:, :, k])
         if (ref > 0.05).mean() < min_fraction:
             continue
-        out = _minmax(test[:, :, k])
+        out = minmax(test[:, :, k])
         mse = float(np.mean((out - ref) ** 2))
         psnr.append(10 * np.log10(1.0 / mse) if mse > 0 else np.inf)
         ssim.append(structural_similarity(out, ref, data_range=1.0))

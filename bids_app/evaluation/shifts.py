@@ -7,11 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-
-def _minmax(x):
-    x = np.asarray(x, dtype=np.float64)
-    lo, hi = x.min(), x.max()
-    return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+from .metrics import minmax
 
 
 def bias_field(shape, *, strength=0.35, seed=0):
@@ -41,14 +37,14 @@ def apply_shift(volume, name, *, seed=0):
     ``name`` is one of :data:`SHIFTS` or ``"bias+gamma0.8"`` (a smooth multiplicative
     field, then gamma 0.8).
     """
-    x = _minmax(volume)
+    x = minmax(volume)
     if name == "bias+gamma0.8":
-        y = _minmax(x * bias_field(x.shape, seed=seed)) ** 0.8
+        y = minmax(x * bias_field(x.shape, seed=seed)) ** 0.8
     elif name in SHIFTS:
         y = SHIFTS[name](x)
     else:
         raise ValueError(f"unknown shift {name!r}")
-    return _minmax(y).astype(np.float32)
+    return minmax(y).astype(np.float32)
 
 
 ALL_SHIFTS = ["identity", "exp", "log", "gamma0.7", "gamma1.5", "bias+gamma0.8"]

@@ -26,8 +26,11 @@ def blindharmony_paper(
         Min-max normalized source slices.
     x0 : torch.Tensor ``(B, 1, H, W)``
         Initial images: the mean training slice at each slice's position.
-    alpha, beta1, beta2 : float
-        Latent shrinkage, cosine-similarity step and edge step.
+    alpha, beta2 : float
+        Latent shrinkage and edge step.
+    beta1 : float or torch.Tensor ``(B,)``
+        Cosine-similarity step, one for all slices or one per slice (so that several
+        candidate values run in one batch).
     iterations : int
         Number of iterations ``N``.
     progress : callable, optional
@@ -41,6 +44,9 @@ def blindharmony_paper(
         Their latents (before the final shrink).
     """
     masks = edge_mask(xs)
+    beta1 = torch.as_tensor(beta1, dtype=xs.dtype, device=xs.device)
+    if beta1.ndim:
+        beta1 = beta1.reshape(-1, 1, 1, 1)
     x = x0.clone()
     z = None
     for _ in range(iterations):

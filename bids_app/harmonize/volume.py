@@ -10,9 +10,10 @@ import torch
 from ..preprocess.slices import head_fraction, normalize_slices, reassemble, volume_to_slices
 from .defaults import DEFAULTS, SELECTIONS
 from .domain import out_of_domain
-from .intensity import (apply_global_map, fit_intensity_map, fit_lut, interp_extended,
+from .intensity import (apply_global_map, fit_intensity_map, interp_extended,
                         map_and_normalize, smooth_slice_maps)
 from .operators import cosine_similarity
+from .beta1 import choose_beta1, slice_maps
 from .paper import blindharmony_paper
 
 METHODS = ("flow-intensity", "paper")
@@ -23,13 +24,23 @@ LUT_KNOTS = 33
 
 
 def resolve_params(bundle, method, overrides=None):
-    """Hyperparameters of ``method``: package defaults < bundle's record < ``overrides``."""
+    """Hyperparameters of ``method``: package defaults < bundle's record < ``overrides``.
+
+    For ``paper``, ``beta1="auto"`` turns on the automatic beta1 (candidates around the
+    prior's value) and a number turns it off.
+    """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
     params = dict(DEFAULTS.get(method, {}))
     params.update({k: v for k, v in bundle.harmonization.get(method, {}).items()
                    if not k.startswith("validation_")})  # calibration evidence stays in the bundle
-    params.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if method == "paper" and given.get("beta1") == "auto":
+        del given["beta1"]  # the candidates are factors of the prior's beta1
+        given.setdefault("auto_beta1", True)
+    elif method == "paper" and "beta1" in given:
+        given.setdefault("auto_beta1", False)  # a beta1 given is a beta1 fixed
+    params.update(given)
     return params
 
 
@@ -199,9 +210,9 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
         In the source's units (the per-slice normalization is undone).
     result : dict
         ``global_map`` (``{"values", "scale"}`` for ``flow-intensity``: one monotone map of
-        the whole volume, else None), ``method``, ``params``, ``lut`` (``(Z, LUT_KNOTS)`` per-slice intensity maps in
-        normalized units), ``low``/``high``/``valid`` (per-slice scale factors) and
-        ``metrics`` (NCC to the source, latent norm and bits/dim per slice and in mean,
+        the whole volume, else None), ``method``, ``params``, ``lut`` (``(Z, LUT_KNOTS)``
+        per-slice intensity maps in normalized units), ``low``/``high``/``valid``
+        (per-slice scale factors) and ``metrics`` (NCC to the source, latent norm and bits/dim per slice and in mean,
         run time, device).
     """
     from tqdm.auto import tqdm
@@ -225,17 +236,35 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
     global_map = None
 
     if method == "paper":
-        total = int(params["iterations"])
-        with tqdm(total=total, disable=not progress, desc="BlindHarmony (paper)") as bar:
-            x, _ = blindharmony_paper(
-                flow, xs, bundle.x0[idx].to(device), alpha=params["alpha"],
-                beta1=params["beta1"], beta2=params["beta2"], iterations=total,
-                progress=bar.update,
-            )
-        out = x.clamp(0, 1).cpu().numpy()
+        iterations = int(params["iterations"])
+        x0 = bundle.x0[idx].to(device)
+        settings = {"alpha": params["alpha"], "beta2": params["beta2"], "iterations": iterations}
+        rest = np.arange(len(idx))
+        out = np.empty((len(idx), *slices.shape[1:]), dtype=np.float32)
+        auto = bool(params.get("auto_beta1"))
+        with tqdm(total=iterations * (2 if auto else 1), disable=not progress,
+                  desc="BlindHarmony (paper)") as bar:
+            if auto:
+                # Candidates on the informative slices in one batch; the chosen one's
+                # results there are kept, the other slices run once with it.
+                scoring = np.searchsorted(idx, scoring_slice_indices(
+                    slices, valid, int(params["scoring_slices"])))
+                candidates = [round(float(params["beta1"]) * f, 1)
+                              for f in params["beta1_factors"]]
+                best, results, scores = choose_beta1(
+                    flow, xs[scoring], x0[scoring], candidates=candidates,
+                    n_knots=LUT_KNOTS, progress=bar.update, **settings)
+                out[scoring] = results[best].cpu().numpy()
+                rest = np.setdiff1d(rest, scoring)
+                params = {**params, "beta1": candidates[best], "beta1_candidates": candidates,
+                          "beta1_bits_per_dim": [round(v, 4) for v in scores]}
+            if len(rest):
+                x, _ = blindharmony_paper(flow, xs[rest], x0[rest], beta1=params["beta1"],
+                                          progress=bar.update, **settings)
+                out[rest] = x.cpu().numpy()
+        out = np.clip(out, 0, 1)
         harmonized[idx] = out
-        for j, k in enumerate(idx):
-            lut[k] = fit_lut(slices[k, 0], out[j, 0], slices[k, 0] > 0.02, LUT_KNOTS)
+        lut[idx] = slice_maps(slices[idx], out, LUT_KNOTS)
         sigma = float(params.get("slice_sigma", 0.0))
         if sigma > 0:
             # 3D consistency: one smooth family of maps for both outputs

@@ -58,7 +58,7 @@ class ResampleToGrid(SimpleInterface):
         return runtime
 
 
-def _camel(name):
+def sidecar_key(name):
     """``scoring_slices`` -> ``ScoringSlices`` (sidecar keys are CamelCase in BIDS)."""
     special = {"lr": "LearningRate", "map": "IntensityMap"}
     return special.get(name) or "".join(p[:1].upper() + p[1:] for p in name.split("_"))
@@ -118,7 +118,7 @@ class Harmonize(SimpleInterface):
             arrays["map_scale"] = np.asarray(result["global_map"]["scale"])
         np.savez(out_map, **arrays)
         record = {"Method": result["method"], "Device": self.inputs.device}
-        record.update({_camel(k): _plain(v) for k, v in result["params"].items()})
+        record.update({sidecar_key(k): _plain(v) for k, v in result["params"].items()})
         self._results.update(
             out_file=str(out_file),
             out_map=str(out_map),
