@@ -247,17 +247,18 @@ PROTOCOL = """# Quality: the paper's Table 1 protocol on held-out IXI-HH subject
 `python benchmarks/quality.py -n 5 --methods flow-intensity flow-intensity:quantile paper`
 (through the real app, `blindharmony ... participant`, on 2 CPU cores). Each IXI-HH test
 subject (never used for training or calibration) is shifted with
-`bids_app/evaluation/shifts.py` (per the paper: min-max, transform, min-max again: `exp(x)`, `log(1 + x)`, `x**0.7`, `x**1.5`; and a
-smooth random multiplicative polynomial field of +-35 % followed by `x**0.8`), harmonized,
-and scored against the unshifted image per axial slice (RAS), both min-max normalized,
-PSNR and SSIM with data range 1, on slices with at least 10 % head. Histogram matching
-maps the source's foreground quantiles onto the mean quantiles of 40 training subjects;
-Nyul standardization (`intensity-normalization`) is trained on the same 40;
-low-frequency is an SSIMH-style replacement of the low spatial frequencies (periods of
-80 mm and more) of each registered slice by those of the prior's mean training slice.
-`blindharmony:flow-intensity` is the default (`--intensity-model auto`);
-`:quantile` forces the population quantile map alone (ablation); `paper` is Algorithm 1.
-Our Exp and Log are milder than the paper's (its source PSNR is about 22 dB for them).
+`bids_app/evaluation/shifts.py` (per the paper: min-max, transform, min-max again:
+`exp(x)`, `log(1 + x)`, `x**0.7`, `x**1.5`; and a smooth random multiplicative polynomial
+field of +-35 % followed by `x**0.8`), harmonized, and scored against the unshifted image
+per axial slice (RAS), both min-max normalized, PSNR and SSIM with data range 1, on slices
+with at least 10 % head. Histogram matching maps the source's foreground quantiles onto the
+mean quantiles of 40 training subjects; Nyul standardization (`intensity-normalization`) is
+trained on the same 40; low-frequency is an SSIMH-style replacement of the low spatial
+frequencies (periods of 80 mm and more) of each registered slice by those of the prior's
+mean training slice. `blindharmony:flow-intensity` is the default (`--intensity-model
+auto`); `:quantile` forces the population quantile map alone (ablation); `paper` is
+Algorithm 1. Our Exp and Log are milder than the paper's (its source PSNR is about 22 dB
+for them).
 
 """
 

@@ -8,12 +8,12 @@ import numpy as np
 import torch
 
 from ..preprocess.slices import head_fraction, normalize_slices, reassemble, volume_to_slices
+from .beta1 import choose_beta1, slice_maps
 from .defaults import DEFAULTS, SELECTIONS
 from .domain import out_of_domain
 from .intensity import (apply_global_map, fit_intensity_map, interp_extended,
                         map_and_normalize, smooth_slice_maps)
 from .operators import cosine_similarity
-from .beta1 import choose_beta1, slice_maps
 from .paper import blindharmony_paper
 
 METHODS = ("flow-intensity", "paper")
@@ -212,8 +212,8 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
         ``global_map`` (``{"values", "scale"}`` for ``flow-intensity``: one monotone map of
         the whole volume, else None), ``method``, ``params``, ``lut`` (``(Z, LUT_KNOTS)``
         per-slice intensity maps in normalized units), ``low``/``high``/``valid``
-        (per-slice scale factors) and ``metrics`` (NCC to the source, latent norm and bits/dim per slice and in mean,
-        run time, device).
+        (per-slice scale factors) and ``metrics`` (NCC to the source, latent norm and
+        bits/dim per slice and in mean, run time, device).
     """
     from tqdm.auto import tqdm
 
