@@ -46,11 +46,6 @@ def _t1w(data, sub):
                                                f"sub-{sub}_T1w.nii.gz")))
 
 
-def _stack(slices):
-    """``(B, 1, X, Y)`` -> ``(X, Y, B)`` for the per-slice scores."""
-    return np.asarray(slices)[:, 0].transpose(1, 2, 0)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
@@ -71,7 +66,7 @@ def main(argv=None):
     from bids_app.harmonize.intensity import interp_extended
     from bids_app.harmonize.volume import LUT_KNOTS, resolve_params, scoring_slice_indices
     from bids_app.preprocess.registration import register_affine, resample_to_grid
-    from bids_app.preprocess.slices import normalize_slices
+    from bids_app.preprocess.slices import normalize_slices, slices_to_volume
 
     torch.set_num_threads(opts.threads)
     split = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())
@@ -109,7 +104,8 @@ def main(argv=None):
                 maps = slice_maps(slices[scoring], result.clamp(0, 1).numpy(), LUT_KNOTS)
                 images[f"beta1 {beta1:g}"] = np.stack(
                     [interp_extended(s, m) for s, m in zip(slices[scoring], maps)])
-            scored = {name: summarize(_stack(x), _stack(truth)) for name, x in images.items()}
+            scored = {name: summarize(slices_to_volume(x), slices_to_volume(truth))
+                      for name, x in images.items()}
             in_app = [candidates.index(b) for b in app]
             picks = {"auto (app candidates)": in_app[int(np.argmin([scores[i] for i in in_app]))],
                      "auto (all)": best}

@@ -17,7 +17,7 @@ import math
 import numpy as np
 import torch
 
-from .intensity import fit_lut, interp_extended
+from .intensity import fit_lut, interp_extended, segment_counts
 from .paper import blindharmony_paper
 
 #: Normalized source intensities at or below this are background: not used to fit the
@@ -66,15 +66,13 @@ def map_bits_per_dim(flow, source, maps, *, slope_floor=SLOPE_FLOOR):
     x = (mapped - low[:, None, None, None]) / span[:, None, None, None]
     slopes = np.diff(maps, axis=1) * n_segments / span[:, None]
     log_slopes = np.log(np.maximum(slopes, slope_floor))
-    jacobian = np.empty(len(source))
-    for j, (u, row) in enumerate(zip(source, log_slopes)):
-        head = u[u > HEAD_FLOOR]
-        segment = np.clip((head * n_segments).astype(int), 0, n_segments - 1)
-        jacobian[j] = np.bincount(segment, minlength=n_segments) @ row
+    counts = torch.stack([segment_counts(u, n_segments, floor=HEAD_FLOOR)
+                          for u in torch.from_numpy(source)]).numpy()
+    jacobian = (counts * log_slopes).sum(1)
     dtype = next(flow.parameters()).dtype
     with torch.no_grad():
-        log_prior = flow.log_prob(torch.from_numpy(x).to(flow.device, dtype)).cpu().numpy()
-    return -(log_prior + jacobian) / (flow.dim * math.log(2.0)) + math.log2(4096)
+        bits = flow.bits_per_dim(torch.from_numpy(x).to(flow.device, dtype)).cpu().numpy()
+    return bits - jacobian / (flow.dim * math.log(2.0))
 
 
 @torch.no_grad()
