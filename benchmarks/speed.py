@@ -651,7 +651,7 @@ def markdown(report):
             lines.append(f"| {method} | " + " | ".join(cells) + " |")
         lines += ["", "## Stages per volume", "",
                   "| stage | " + " | ".join(f"{k}: wall s | CPU s | imports MiB | peak MiB"
-                                           for k in kinds)
+                                            for k in kinds)
                   + " |", "|---|" + "---|---|---|---|" * len(kinds)]
         for stage in STAGE_NAMES:
             cells = []

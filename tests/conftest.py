@@ -1,4 +1,8 @@
-"""Shared pytest fixtures."""
+"""Shared pytest fixtures: the BIDS App plumbing tests' here, the library tests' in a plugin.
+
+The library tests' fixtures (names prefixed ``lib_``) and the ``needs_shared_data`` marker
+live in :mod:`lib_fixtures`, registered below as a pytest plugin.
+"""
 
 import json
 import os
@@ -10,6 +14,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("NIPYPE_NO_ET", "1")
+
+# The library tests' fixtures: tests/lib_fixtures.py (tests/ is on sys.path: pytest puts a
+# conftest's folder there, as the ``from conftest import ...`` of some test modules needs).
+pytest_plugins = ["lib_fixtures"]
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -141,53 +149,3 @@ def validator():
     if path is None:
         pytest.skip("bids-validator-deno is not installed")
     return path
-
-
-# ---------------------------------------------------------------------------------------
-# Library tests (tests/test_flow_model.py, test_bundle.py, test_training.py,
-# test_operators.py, test_paper_algorithm.py, test_intensity.py, test_preprocess.py,
-# test_slices_native.py, test_evaluation.py). Fixture names are prefixed ``lib_``.
-# ---------------------------------------------------------------------------------------
-import pathlib as _lib_pathlib
-
-import torch as _lib_torch
-
-_lib_torch.set_num_threads(1)  # 2 cores shared with a training job: keep tests lean
-
-LIB_FIXTURE_DIR = _lib_pathlib.Path(__file__).parent / "data" / "ixi-hh-mini"
-
-
-@pytest.fixture(scope="session")
-def lib_bids_dir():
-    """The shipped 3-subject IXI-HH BIDS fixture (2 mm)."""
-    return LIB_FIXTURE_DIR
-
-
-@pytest.fixture(scope="session")
-def lib_t1w_path():
-    """One fixture T1w image (sub-IXI052)."""
-    return LIB_FIXTURE_DIR / "sub-IXI052" / "anat" / "sub-IXI052_T1w.nii.gz"
-
-
-def lib_make_flow(shape=(16, 16), *, preset="tiny", seed=0, dtype=None, **overrides):
-    """A small SliceFlow with ActNorm initialized (one train-mode forward), in eval mode."""
-    from bids_app.flow.model import SliceFlow, flow_config
-
-    _lib_torch.manual_seed(seed)
-    flow = SliceFlow(flow_config(preset, shape=shape, **overrides))
-    if dtype is not None:
-        flow = flow.to(dtype)
-    dtype = next(flow.parameters()).dtype
-    generator = _lib_torch.Generator().manual_seed(seed)
-    data = _lib_torch.rand(8, 1, *shape, generator=generator).to(dtype)
-    flow.train()
-    with _lib_torch.no_grad():
-        flow(data)
-    return flow.eval()
-
-
-@pytest.fixture
-def lib_flow_factory():
-    """Build small initialized flows: ``lib_flow_factory(shape, preset=..., dtype=...)``."""
-    return lib_make_flow
-# --- end of the library-tests section ---

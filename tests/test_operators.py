@@ -32,7 +32,8 @@ def test_cosine_similarity_values():
     assert cosine_similarity(a, b).item() == pytest.approx(0.0)
     flat_x, flat_s = x[0].flatten(), x[1].flatten()
     expected = float(flat_x @ flat_s / (flat_x.norm() * flat_s.norm()))
-    assert cosine_similarity(x[:1], x[1:2]).item() == pytest.approx(expected, rel=1e-7)  # eps in the denominator
+    # rel=1e-7: the eps in the denominator
+    assert cosine_similarity(x[:1], x[1:2]).item() == pytest.approx(expected, rel=1e-7)
 
 
 def test_cosine_similarity_grad_matches_autograd():

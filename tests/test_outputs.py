@@ -131,8 +131,8 @@ def test_concurrent_writers(tmp_path):
 def test_save_derivative_replaces_atomically(tmp_path):
     bids = tmp_path / "bids"
     source = write_nifti(bids / "sub-01/anat/sub-01_T1w.nii.gz")
-    one, two = write_nifti(tmp_path / "a.nii.gz", seed=1), write_nifti(tmp_path / "b.nii.gz",
-                                                                        seed=2)
+    one = write_nifti(tmp_path / "a.nii.gz", seed=1)
+    two = write_nifti(tmp_path / "b.nii.gz", seed=2)
     kwargs = dict(output_dir=tmp_path / "out", bids_dir=bids, source_file=source,
                   suffix="T1w", extension=".nii.gz", entities={"desc": "harmonized"})
     out_file, meta = save_derivative(one, **kwargs)

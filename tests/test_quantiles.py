@@ -185,14 +185,14 @@ def test_prior_veto(volumes, bundle):
     knots = np.linspace(0, 1, 33)
     identity = {"in_domain": True, "gamma": 1.0}
     # a strong brightening of an in-domain image: the prior finds it far worse
-    values, info = prior_veto(bundle.flow, u, knots, identity, knots**0.3, {"selected": "quantile"},
-                              0.25)
+    values, info = prior_veto(bundle.flow, u, knots, identity, knots**0.3,
+                              {"selected": "quantile"}, 0.25)
     assert info["prior_veto"] and info["selected"] == "identity"
     assert info["bits_quantile"] > info["bits_prior"] + 0.25
     np.testing.assert_array_equal(values, knots)
     # with a margin larger than the difference, the quantile map stands
-    values, info = prior_veto(bundle.flow, u, knots, identity, knots**0.3, {"selected": "quantile"},
-                              100.0)
+    values, info = prior_veto(bundle.flow, u, knots, identity, knots**0.3,
+                              {"selected": "quantile"}, 100.0)
     assert not info["prior_veto"] and info["selected"] == "quantile"
     np.testing.assert_array_equal(values, knots**0.3)
 

@@ -139,8 +139,8 @@ def test_values_outside_the_slice_range_extend_linearly():
     inside = np.interp(t, knots, knots**2) * 100
     slope_lo = (knots[1] ** 2 - 0) / knots[1]
     slope_hi = (1 - knots[-2] ** 2) / (1 - knots[-2])
-    expected = np.where(t < 0, t * slope_lo * 100, np.where(t > 1, 100 + (t - 1) * slope_hi
-                                                           * 100, inside))
+    above = 100 + (t - 1) * slope_hi * 100
+    expected = np.where(t < 0, t * slope_lo * 100, np.where(t > 1, above, inside))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
     assert np.all(np.diff(out.ravel()) >= -1e-4)  # still monotone across the range
 

@@ -203,6 +203,12 @@ def configure_nipype(opts, log_dir):
     from nipype import config, logging as nlogging
 
     nipype_level = "DEBUG" if opts.verbose > 1 else "INFO" if opts.verbose else "WARNING"
+    # nipype's distributed plugins (SLURM, SGE, ...) poll their scheduler every
+    # execution.poll_sleep_duration seconds and ignore the plugin file's own value: take it
+    # from the --use-plugin file, so that a cluster is not asked 20 times a second
+    poll = (opts.plugin or {}).get("plugin_args", {}).get("poll_sleep_duration", 0.05)
+    if (opts.plugin or {}).get("plugin") in ("SLURM", "SLURMGraph"):
+        os.environ.setdefault("LOGNAME", os.environ.get("USER") or _user_name())
     config.update_config(
         {
             "execution": {
@@ -212,7 +218,7 @@ def configure_nipype(opts, log_dir):
                 "stop_on_first_crash": str(bool(opts.stop_on_first_crash)).lower(),
                 "remove_unnecessary_outputs": "true",
                 "get_linked_libs": "false",
-                "poll_sleep_duration": "0.05",
+                "poll_sleep_duration": str(poll),
                 "create_report": "true",
             },
             "logging": {
@@ -225,6 +231,17 @@ def configure_nipype(opts, log_dir):
         }
     )
     nlogging.update_logging(config)
+
+
+def _user_name():
+    """The login name (nipype's SLURM plugin reads ``LOGNAME``, which cron-like
+    environments and containers may not set)."""
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid())
 
 
 def plugin_settings(opts):

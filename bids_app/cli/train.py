@@ -47,6 +47,15 @@ def get_parser():
     model.add_argument("--lr", "--learning-rate", type=float, default=5e-4)
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--no-flip", action="store_true", help="no left-right flip augmentation")
+    model.add_argument("--downsample", type=int, choices=[1, 2], default=1,
+                       help="train on slices block-averaged by this factor (2: 4 mm on the "
+                            "2 mm grid)")
+    model.add_argument("--contrast-augmentation", action="store_true",
+                       help="train the contrast-agnostic companion: every training slice "
+                            "gets a random monotone contrast change (bids_app.flow.augment)")
+    model.add_argument("--mask-augmentation", type=float, default=0.0, metavar="SHARE",
+                       help="skull-strip this share of the training slices with the "
+                            "template's brain mask (a geometric augmentation)")
     run = parser.add_argument_group("Running")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     run.add_argument("--nthreads", "--omp-nthreads", type=int, default=None,
@@ -67,7 +76,8 @@ def get_parser():
                      help="template on the slice grid (default: the shipped Colin27 2 mm grid)")
     ref.add_argument("--space", default="MNIColin27", help="BIDS space label of the reference")
     ref.add_argument("--name", default=None, help="name recorded in the bundle")
-    parser.add_argument("--version", action="version", version=f"blindharmony-train v{__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"blindharmony-train v{__version__}")
     return parser
 
 
@@ -154,6 +164,19 @@ def _prepare_data(opts, images, reference, cache):
     return sliceset
 
 
+def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
+    """:func:`bids_app.harmonize.calibration.calibrate_bundle`, reported on stderr."""
+    from ..harmonize.calibration import calibrate_bundle as calibrate
+
+    record = calibrate(bundle_path, volumes, train_volumes=train_volumes, device=device)
+    fit = record["flow-intensity"]
+    print(f"Calibration on {len(volumes)} validation image(s): gamma bias "
+          f"{fit['gamma_bias']}, gate {fit['gate_bits']} bits/pixel", file=sys.stderr)
+    for note in record.pop("notes", []):
+        print(note, file=sys.stderr)
+    return record
+
+
 def train(opts):
     """Run training as described by the parsed options; return the bundle path."""
     import nibabel as nb
@@ -163,7 +186,9 @@ def train(opts):
     from ..flow.bundle import PriorBundle
     from ..flow.data import MIN_HEAD_FRACTION, mean_slices
     from ..flow.model import QUANT_LEVELS, SliceFlow, count_parameters, flow_config
+    from ..flow.augment import random_contrast
     from ..flow.training import TrainState, make_optimizer, select_device, train_flow
+    from ..preprocess.slices import downsample_slices
 
     nthreads = opts.nthreads or os.cpu_count() or 1
     opts.nthreads = nthreads
@@ -200,11 +225,17 @@ def train(opts):
     if len(val_slices) == 0:  # a single subject: validate on its own slices
         val_slices = train_slices[:: max(1, len(train_slices) // 64)]
     train_idx = np.nonzero(~is_val)[0]
+    factor = opts.downsample
+    train_slices = downsample_slices(train_slices, factor)
+    val_slices = downsample_slices(val_slices, factor)
+    if opts.contrast_augmentation:
+        val_slices = random_contrast(val_slices, np.random.default_rng(opts.seed + 1))
+    augment = _augmentation(opts, data.position[train_idx], factor, tuple(reference.shape))
     print(f"{len(train_images)} training images ({len(train_slices)} slices), "
           f"{len(val_images)} validation images ({len(val_slices)} slices); device {device}",
           file=sys.stderr)
 
-    shape = tuple(reference.shape[:2])
+    shape = tuple(s // factor for s in reference.shape[:2])
     if opts.resume:
         if not ckpt_path.is_file():
             raise MissingInputError(f"{ckpt_path}: no checkpoint to resume from")
@@ -228,10 +259,11 @@ def train(opts):
     volumes = data.volumes[[i for i, s in enumerate(data.subjects) if s not in val_subjects]]
     template = volumes.mean(axis=0) * 1000.0
     x0 = mean_slices(
-        type(data)(slices=train_slices, subject=data.subject[train_idx],
+        type(data)(slices=data.slices[train_idx], subject=data.subject[train_idx],
                    position=data.position[train_idx], subjects=data.subjects, volumes=None),
-        reference.shape[2], shape,
+        reference.shape[2], tuple(reference.shape[:2]),
     )
+    x0 = downsample_slices(x0, factor).astype(np.float64) if factor > 1 else x0
 
     def describe(current):
         return {
@@ -249,6 +281,8 @@ def train(opts):
             "learning_rate": opts.lr,
             "seed": opts.seed,
             "flip_augmentation": not opts.no_flip,
+            "contrast_augmentation": bool(opts.contrast_augmentation),
+            "mask_augmentation": float(opts.mask_augmentation),
             "device": str(device),
             "threads": nthreads,
             "wall_seconds": current.history[-1]["seconds"] if current.history
@@ -269,6 +303,7 @@ def train(opts):
                 "interpolation": "trilinear",
                 "min_head_fraction": MIN_HEAD_FRACTION,
                 "registration_template": Path(ref_path).name,
+                "downsample": factor,
             },
             training=describe(current),
             metrics={"val_bits_per_dim": round(current.best_bpd, 4),
@@ -295,7 +330,12 @@ def train(opts):
     val_volumes = data.volumes[[i for i, s in enumerate(data.subjects) if s in val_subjects]]
     if not len(val_volumes):
         val_volumes = volumes[:1]
+    calibrate = factor == 1 and not opts.contrast_augmentation
     if opts.recalibrate:
+        if not calibrate:
+            raise UsageError("--recalibrate measures the full-resolution target prior; "
+                             "a --downsample or --contrast-augmentation bundle has no "
+                             "calibration of its own")
         calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
         return bundle_path
 
@@ -306,12 +346,47 @@ def train(opts):
         validate_every=opts.validate_every, checkpoint_every=opts.checkpoint_every,
         on_checkpoint=on_checkpoint, on_best=on_best, flip=not opts.no_flip,
         max_seconds=None if opts.max_minutes is None else opts.max_minutes * 60,
+        augment=augment,
     )
-    calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
+    if calibrate:
+        calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
     print(f"Best validation {state.best_bpd:.4f} bits/dim at step {state.best_step}; "
           f"{state.step} steps in {time.time() - started:.0f} s; bundle: {bundle_path}",
           file=sys.stderr)
     return bundle_path
+
+
+def _augmentation(opts, positions, factor, grid):
+    """The training batches' augmentation (None for the plain target prior).
+
+    ``positions`` are the training slices' indices on the grid, which pick the template's
+    brain-mask slice for ``--mask-augmentation``.
+    """
+    from ..flow.augment import random_brain_masking, random_contrast
+    from ..preprocess.masks import template_brain_mask
+    from ..preprocess.slices import block_mean, volume_to_slices
+
+    if not 0 <= opts.mask_augmentation <= 1:
+        raise UsageError("--mask-augmentation must be in [0, 1]")
+    masks = None
+    if opts.mask_augmentation > 0:
+        brain = template_brain_mask()
+        if brain.shape != grid:
+            raise UsageError(f"--mask-augmentation needs the shipped reference grid "
+                             f"{brain.shape}, not {grid}")
+        masks = block_mean(volume_to_slices(brain), factor) > 0.5
+    if masks is None and not opts.contrast_augmentation:
+        return None
+
+    def augment(batch, index, rng):
+        if masks is not None:
+            batch = random_brain_masking(batch, masks[positions[index]], rng,
+                                         share=opts.mask_augmentation)
+        if opts.contrast_augmentation:
+            batch = random_contrast(batch, rng)
+        return batch
+
+    return augment
 
 
 def _stretch_cosine(optimizer, scheduler, steps):
@@ -334,47 +409,6 @@ def _stretch_cosine(optimizer, scheduler, steps):
     for group, rate in zip(optimizer.param_groups, rates):
         group["lr"] = rate
     scheduler._last_lr = list(rates)
-
-
-def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
-    """Measure the prior's bias on validation volumes and record it in the bundle.
-
-    See :func:`bids_app.harmonize.intensity.calibrate_power_map`. With ``train_volumes``
-    (training volumes on the reference grid) the population's intensity quantiles are
-    recorded too (:func:`bids_app.harmonize.quantiles.population_statistics`).
-    """
-    import torch
-
-    from ..flow.bundle import load_bundle
-    from ..harmonize.intensity import calibrate_power_map
-
-    bundle = load_bundle(bundle_path, device=device)
-    scoring = bundle.harmonization.get("flow-intensity", {}).get("scoring_slices", 24)
-    with torch.no_grad():
-        calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring)
-    from ..harmonize.defaults import DEFAULTS
-
-    record = {**DEFAULTS, **{k: v for k, v in bundle.harmonization.items() if k == "paper"}}
-    record["flow-intensity"] = {**DEFAULTS["flow-intensity"], **calibration}
-    from ..harmonize.domain import calibrate_domain
-
-    with torch.no_grad():
-        record["out_of_domain"] = calibrate_domain(bundle.flow, volumes)
-    if train_volumes is not None and len(train_volumes):
-        from ..harmonize.quantiles import population_statistics, reference_mask
-
-        try:
-            record["flow-intensity"]["population"] = population_statistics(
-                train_volumes, reference_mask(bundle.reference))
-        except ValueError as exc:
-            # the prior's own estimate is used alone (no population check)
-            print(f"Population quantiles not recorded: {exc}", file=sys.stderr)
-    bundle.harmonization = record
-    bundle.save(bundle_path)
-    print(f"Calibration on {len(volumes)} validation image(s): gamma bias "
-          f"{calibration['gamma_bias']}, gate {calibration['gate_bits']} bits/pixel",
-          file=sys.stderr)
-    return calibration
 
 
 def _dataset_name(bids_dir):

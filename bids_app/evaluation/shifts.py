@@ -48,3 +48,30 @@ def apply_shift(volume, name, *, seed=0):
 
 
 ALL_SHIFTS = ["identity", "exp", "log", "gamma0.7", "gamma1.5", "bias+gamma0.8"]
+
+
+def skull_strip(native, matrix, *, dilation=0):
+    """A brain-extracted copy of a native image, as a brain-extraction tool would leave it.
+
+    The shipped template's brain mask (:func:`bids_app.preprocess.masks.template_brain_mask`)
+    is carried into the image's space through its registration ``matrix`` (``p_native =
+    matrix @ p_reference``, :func:`bids_app.preprocess.registration.register_affine`),
+    optionally dilated by ``dilation`` native voxels (a looser extraction), and everything
+    outside it is set to 0. Returns a nibabel image with the input's affine and header.
+    """
+    import nibabel as nb
+    from scipy.ndimage import binary_dilation, map_coordinates
+
+    from ..preprocess.masks import BRAIN_MASK, data_path, template_brain_mask
+
+    reference = nb.load(data_path(BRAIN_MASK))
+    ijk = np.indices(native.shape[:3]).reshape(3, -1)
+    ras = native.affine @ np.vstack([ijk, np.ones(ijk.shape[1])])
+    vox = np.linalg.inv(reference.affine) @ np.linalg.inv(matrix) @ ras
+    inside = map_coordinates(template_brain_mask().astype(np.float32), vox[:3], order=1)
+    mask = inside.reshape(native.shape[:3]) > 0.5
+    if dilation:
+        mask = binary_dilation(mask, iterations=dilation)
+    data = np.asanyarray(native.dataobj)
+    return nb.Nifti1Image(np.where(mask, data, 0).astype(data.dtype), native.affine,
+                          native.header)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..preprocess.image import load_t1w
-from ..preprocess.registration import register_affine, resample_to_grid
+from ..preprocess.registration import register_to_reference, resample_to_grid
 from ..preprocess.slices import head_fraction, normalize_slices
 
 #: Slices holding less head than this (fraction of pixels above 0.05) are not trained on.
@@ -27,7 +27,7 @@ def to_reference(path, reference, *, num_threads=1):
     native : the loaded, RAS-reoriented image
     """
     native = load_t1w(path)
-    matrix = register_affine(native, reference, num_threads=num_threads)
+    matrix, _ = register_to_reference(native, reference, num_threads=num_threads)
     return resample_to_grid(native, reference, matrix), matrix, native
 
 

@@ -44,6 +44,12 @@ PRESETS = {
         "hidden_channels": 32,
         "num_res_blocks": 1,
     },
+    "cpu-4mm": {
+        "levels": 3,
+        "steps_per_level": 4,
+        "hidden_channels": 64,
+        "num_res_blocks": 1,
+    },
     "tiny": {
         "levels": 2,
         "steps_per_level": 1,

@@ -74,6 +74,7 @@ def train_flow(
     flip=True,
     progress=True,
     max_seconds=None,
+    augment=None,
 ):
     """Train ``flow`` by maximum likelihood on dequantized slices.
 
@@ -93,6 +94,10 @@ def train_flow(
         Left-right flip augmentation (the head is nearly symmetric).
     max_seconds : float, optional
         Stop (after checkpointing) when this much wall time has been spent in this call.
+    augment : callable, optional
+        ``augment(batch, index, rng) -> batch`` on numpy ``(B, 1, H, W)`` slices (the
+        training slices at ``index``) before dequantization: the companion's random
+        contrast, the masking of :mod:`bids_app.flow.augment`.
 
     Returns
     -------
@@ -111,14 +116,19 @@ def train_flow(
         # Data-dependent actnorm initialization on a large first batch.
         first = rng.choice(len(train_slices), size=min(len(train_slices), 256), replace=False)
         with torch.no_grad():
-            flow(dequantize(torch.from_numpy(train_slices[np.sort(first)]), generator=generator).to(device))
+            flow(dequantize(torch.from_numpy(train_slices[np.sort(first)]),
+                            generator=generator).to(device))
 
-    bar = tqdm(total=steps, initial=state.step, disable=not progress, unit="step", dynamic_ncols=True)
+    bar = tqdm(total=steps, initial=state.step, disable=not progress, unit="step",
+               dynamic_ncols=True)
     started = time.perf_counter()
     running = None
     while state.step < steps:
         index = rng.integers(0, len(train_slices), size=batch_size)
-        batch = torch.from_numpy(train_slices[index])
+        batch = train_slices[index]
+        if augment is not None:
+            batch = augment(batch, index, rng)
+        batch = torch.from_numpy(np.ascontiguousarray(batch))
         if flip:
             flips = torch.from_numpy(rng.random(batch_size) < 0.5)
             batch[flips] = batch[flips].flip(-2)

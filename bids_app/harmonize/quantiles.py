@@ -38,6 +38,9 @@ CONSISTENCY_PERCENTILE = 80.0
 IDENTITY_PERCENTILE = 95.0
 #: Percentile (one of ``LEVELS``) that relative quantiles are divided by.
 ANCHOR = 98.5
+#: A map that leaves the source farther from the population than this multiple of the
+#: farthest training image is not trusted (the out-of-domain rule, docs/method.md).
+FALLBACK_MARGIN = 1.25
 
 
 def reference_mask(reference, threshold=MASK_THRESHOLD):
@@ -83,9 +86,24 @@ def _standardized_distances(rel, mean, scale):
     return np.sum(((rel - mean)[..., used] / scale[used]) ** 2, axis=-1)
 
 
+def population_mask(reference, population):
+    """The mask a population record was measured in: the template's head, or its brain.
+
+    ``population["mask"] == "brain"`` (the record for skull-stripped input) is the shipped
+    template's brain mask, eroded (:func:`bids_app.harmonize.evidence.inner_brain`);
+    otherwise :func:`reference_mask` at the record's threshold.
+    """
+    if population.get("mask") == "brain":
+        from ..preprocess.masks import template_brain_mask
+        from .evidence import inner_brain
+
+        return inner_brain(template_brain_mask())
+    return reference_mask(reference, population.get("mask_threshold", MASK_THRESHOLD))
+
+
 def population_statistics(volumes, mask, *, levels=LEVELS,
                           percentile=CONSISTENCY_PERCENTILE,
-                          identity_percentile=IDENTITY_PERCENTILE):
+                          identity_percentile=IDENTITY_PERCENTILE, mask_name="head"):
     """Mean quantiles of target-domain volumes, their spread and the consistency threshold.
 
     Parameters
@@ -103,8 +121,10 @@ def population_statistics(volumes, mask, *, levels=LEVELS,
         :func:`quantile_map`), ``scale`` (standard deviation of the relative quantiles at
         each level), ``spread`` (mean standardized squared distance of a training image's
         relative quantiles to their mean), ``threshold`` (``percentile`` of the training
-        images' distances in units of ``spread``) and ``identity_threshold`` (the same at
-        ``identity_percentile``), JSON-ready.
+        images' distances in units of ``spread``), ``identity_threshold`` (the same at
+        ``identity_percentile``) and ``fallback_threshold`` (``FALLBACK_MARGIN`` times the
+        farthest training image), JSON-ready; ``mask`` names the mask (``"head"`` or
+        ``"brain"``, :func:`population_mask`).
     """
     quantiles = np.array([volume_quantiles(v, mask, levels) for v in volumes])
     rel = relative(quantiles, levels)
@@ -126,8 +146,10 @@ def population_statistics(volumes, mask, *, levels=LEVELS,
         "threshold": round(float(np.percentile(distances / spread, percentile)), 4),
         "identity_threshold": round(float(np.percentile(distances / spread,
                                                         identity_percentile)), 4),
+        "fallback_threshold": round(FALLBACK_MARGIN * float(np.max(distances / spread)), 4),
         "n_volumes": int(len(quantiles)),
         "mask_threshold": MASK_THRESHOLD,
+        "mask": mask_name,
     }
 
 

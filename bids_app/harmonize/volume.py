@@ -11,7 +11,7 @@ from ..preprocess.slices import head_fraction, normalize_slices, reassemble, vol
 from .beta1 import choose_beta1, slice_maps
 from .defaults import DEFAULTS, SELECTIONS
 from .domain import out_of_domain
-from .intensity import (apply_global_map, fit_intensity_map, interp_extended,
+from .intensity import (apply_global_map, fit_intensity_map, golden_section, interp_extended,
                         map_and_normalize, smooth_slice_maps)
 from .operators import cosine_similarity
 from .paper import blindharmony_paper
@@ -52,7 +52,7 @@ def scoring_slice_indices(slices, valid, n):
 
 
 def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
-               selection="auto"):
+               selection="auto", use_prior=True):
     """Check the prior's estimates against the population's quantiles; keep the finest one.
 
     Two estimates of the source's contrast change are at hand: the prior's (identity for an
@@ -85,6 +85,11 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
         The prior's calibrated bias.
     selection : {"auto", "power", "quantile"}
         ``"power"``/``"quantile"`` force that candidate (for ablations).
+    use_prior : bool
+        False for input the prior cannot judge (skull-stripped): the candidates are the
+        identity, tried on the population's evidence alone, the power map closest to the
+        population (golden-section search of the consistency distance), and the quantile
+        map.
 
     Returns
     -------
@@ -95,22 +100,31 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
         applied ``gamma`` (None for the quantile map) and ``consistency`` (distance of each
         candidate tried, in population spreads) and ``consistency_threshold``.
     """
-    from .quantiles import (ANCHOR, MASK_THRESHOLD, consistency, quantile_map, reference_mask,
-                            volume_quantiles)
+    from .quantiles import ANCHOR, consistency, population_mask, quantile_map, volume_quantiles
 
     if selection not in SELECTIONS:
         raise ValueError(f"unknown selection {selection!r}; choose one of {SELECTIONS}")
-    mask = reference_mask(reference, population.get("mask_threshold", MASK_THRESHOLD))
+    mask = population_mask(reference, population)
     levels = np.asarray(population["levels"])
     source = volume_quantiles(volume, mask, levels)
     target = np.asarray(population["relative_quantiles"])
     threshold = float(population["threshold"])
     limits = {"identity": float(population.get("identity_threshold", threshold))}
     knots = np.linspace(0.0, 1.0, n_knots)
-    gamma = float(info["gamma_hat"]) / gamma_bias
-    candidates = {"power": knots ** gamma}
-    if info.get("in_domain") and selection == "auto":
-        candidates = {"identity": knots, **candidates}
+    if use_prior:
+        gamma = float(info["gamma_hat"]) / gamma_bias
+        candidates = {"power": knots ** gamma}
+        if info.get("in_domain") and selection == "auto":
+            candidates = {"identity": knots, **candidates}
+    else:
+        # no estimate of the prior: the power map closest to the population instead
+        log_gamma, _ = golden_section(
+            lambda t: consistency(knots ** float(np.exp(t)), source, population),
+            np.log(0.3), np.log(3.0), 20)
+        gamma = float(np.exp(log_gamma))
+        candidates = {"power": knots ** gamma}
+        if selection == "auto":
+            candidates = {"identity": knots, **candidates}
     candidates["quantile"] = quantile_map(source, target, n_knots, levels=levels,
                                           anchor=population.get("anchor", ANCHOR))
     distances = {}
@@ -174,6 +188,104 @@ def prior_veto(flow, u, prior_values, prior_info, quantile_values, info, veto_bi
                           "gamma": prior_info["gamma"]}
 
 
+def assess_input(volume, bundle):
+    """What the registered source is (:mod:`bids_app.harmonize.evidence`).
+
+    ``skull_stripped`` and its ``shell_fraction``; ``tissue_order``, the rank correlation
+    with the prior's template in the brain. Bundles on another grid than the shipped
+    template's get no evidence (``None`` values, not stripped).
+    """
+    from ..preprocess.masks import template_brain_mask
+    from .evidence import skull_stripped, tissue_order
+    from .quantiles import reference_mask
+
+    brain = template_brain_mask()
+    template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
+    if brain.shape != np.shape(volume) or brain.shape != template.shape:
+        return {"skull_stripped": False, "shell_fraction": None, "tissue_order": None}
+    stripped, fraction = skull_stripped(volume, reference_mask(template), brain)
+    return {"skull_stripped": stripped, "shell_fraction": fraction,
+            "tissue_order": round(tissue_order(volume, template, brain), 4)}
+
+
+def tissue_order_reasons(evidence, domain):
+    """The out-of-domain reason the tissue order gives, if any (a list of 0 or 1 strings)."""
+    threshold = domain.get("tissue_order_threshold")
+    order = evidence.get("tissue_order")
+    if threshold is None or order is None or order >= threshold:
+        return []
+    return [f"tissue order {order:.3f} under {threshold} (the rank correlation with the "
+            "prior's template in the brain: not a T1w contrast, e.g. inverted or T2-like, "
+            "or a failed registration)"]
+
+
+def choose_global_map(volume, bundle, params, evidence, *, device, progress=True):
+    """``flow-intensity``'s one monotone map of a volume, and the record of the decision.
+
+    The prior's estimate (:func:`~bids_app.harmonize.intensity.fit_intensity_map`), checked
+    against the population (:func:`select_map`, with the prior's veto). Skull-stripped
+    input is harmonized through the template's brain: the population record measured there
+    (``population_brain``) and the prior's estimate calibrated on brain-masked validation
+    images (``stripped``: its ``gamma_bias`` and ``gate_bits``; without it, no estimate of
+    the prior, and the population decides alone). The
+    result falls back to the identity, with the reasons recorded (``fallback_reasons``),
+    when the evidence is against any map: the tissue order is not T1w's, or the chosen map
+    leaves the image farther from the population than every training image
+    (``fallback_threshold``), or a skull-stripped image meets a prior without a brain
+    population.
+    """
+    from tqdm.auto import tqdm
+
+    flow, stripped = bundle.flow, evidence["skull_stripped"]
+    population = params.get("population_brain" if stripped else "population")
+    selection = params.get("selection", "auto")
+    # the prior's estimate, calibrated on whole-head or on brain-masked validation images
+    calibration = params.get("stripped") if stripped else params
+    use_prior = bool(calibration) and "gamma_bias" in calibration
+    slices, _, _, valid = normalize_slices(volume)
+    u = torch.from_numpy(volume_to_slices(volume) / float(np.max(volume))).to(device)
+    if use_prior:
+        chosen = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
+        with tqdm(total=int(params["evaluations"]) + 1, disable=not progress,
+                  desc="BlindHarmony (flow-intensity)") as bar:
+            values, info = fit_intensity_map(
+                flow, u[chosen], n_knots=int(params["knots"]),
+                gamma_bias=float(calibration["gamma_bias"]),
+                gate_bits=float(calibration["gate_bits"]),
+                evaluations=int(params["evaluations"]), progress=bar.update,
+            )
+    else:
+        values = np.linspace(0.0, 1.0, int(params["knots"]))
+        info = {"gamma_hat": None, "gamma": 1.0, "in_domain": None}
+    if population:
+        prior_values, prior_info = values, info
+        values, info = select_map(volume, bundle.reference, info, population,
+                                  n_knots=int(params["quantile_knots"]),
+                                  gamma_bias=float(calibration["gamma_bias"]) if use_prior
+                                  else 1.0, selection=selection, use_prior=use_prior)
+        if (use_prior and info["selected"] == "quantile" and selection == "auto"
+                and veto_applies(info, float(params["veto_consistency"]))):
+            values, info = prior_veto(flow, u[np.nonzero(valid)[0]], prior_values, prior_info,
+                                      values, info, float(params["veto_bits"]))
+    elif selection != "auto":
+        raise ValueError("this prior records no population quantiles (recalibrate it "
+                         "with blindharmony-train --recalibrate)")
+    reasons = tissue_order_reasons(evidence, bundle.harmonization.get("out_of_domain") or {})
+    if stripped and not population:
+        reasons.append("skull-stripped input, and the prior records no population of brain "
+                       "intensities (recalibrate it with blindharmony-train --recalibrate)")
+    elif population and population.get("fallback_threshold") is not None:
+        distance = info["consistency"][info["selected"]]
+        if distance > float(population["fallback_threshold"]):
+            reasons.append(f"the map leaves the image {distance:.1f} population spreads from "
+                           f"the population, beyond the farthest training image "
+                           f"({population['fallback_threshold']})")
+    if reasons:
+        values = np.linspace(0.0, 1.0, len(values))
+        info = {**info, "selected": "identity", "gamma": 1.0}
+    return values, {**info, "fallback": bool(reasons), "fallback_reasons": reasons}
+
+
 @torch.no_grad()
 def slice_likelihood(flow, x, batch_size=32):
     """Bits/dim and latent RMS norm of each slice of ``x`` ``(B, 1, H, W)``."""
@@ -230,6 +342,7 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
             f"{tuple(bundle.reference.shape)}"
         )
     idx = np.nonzero(valid)[0]
+    evidence = assess_input(volume, bundle)
     xs = torch.from_numpy(slices[idx]).to(device)
     lut = np.tile(np.linspace(0.0, 1.0, LUT_KNOTS), (len(slices), 1))
     harmonized = slices.copy()
@@ -272,31 +385,12 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
             for k in idx:
                 harmonized[k] = interp_extended(slices[k], lut[k]).astype(harmonized.dtype)
     else:
-        chosen = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
+        values, info = choose_global_map(volume, bundle, params, evidence, device=device,
+                                         progress=progress)
+        params = {k: v for k, v in params.items()
+                  if not k.startswith("population") and k != "stripped"}
         scale = float(np.max(volume))
         stack = volume_to_slices(volume)
-        u_all = torch.from_numpy(stack / scale).to(device)
-        with tqdm(total=int(params["evaluations"]) + 1, disable=not progress,
-                  desc="BlindHarmony (flow-intensity)") as bar:
-            values, info = fit_intensity_map(
-                flow, u_all[chosen], n_knots=int(params["knots"]),
-                gamma_bias=float(params["gamma_bias"]), gate_bits=float(params["gate_bits"]),
-                evaluations=int(params["evaluations"]), progress=bar.update,
-            )
-        population = params.pop("population", None)
-        if population:
-            prior_values, prior_info = values, info
-            values, info = select_map(volume, bundle.reference, info, population,
-                                      n_knots=int(params["quantile_knots"]),
-                                      gamma_bias=float(params["gamma_bias"]),
-                                      selection=params.get("selection", "auto"))
-            if (info["selected"] == "quantile" and params.get("selection", "auto") == "auto"
-                    and veto_applies(info, float(params["veto_consistency"]))):
-                values, info = prior_veto(flow, u_all[idx], prior_values, prior_info,
-                                          values, info, float(params["veto_bits"]))
-        elif params.get("selection", "auto") != "auto":
-            raise ValueError("this prior records no population quantiles (recalibrate it "
-                             "with blindharmony-train --recalibrate)")
         global_map = {"values": values, "scale": scale}
         mapped = apply_global_map(stack, values, scale)
         for k in idx:
@@ -312,16 +406,29 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
     ncc = cosine_similarity(out_t, xs).cpu().numpy()
     per_slice_bpd = np.full(len(slices), np.nan)
     per_slice_bpd[idx] = bpd
+    domain = bundle.harmonization.get("out_of_domain") or {}
+    reasons = list(params.get("fallback_reasons") or [])
+    if method == "paper":
+        reasons += tissue_order_reasons(evidence, domain)
+    latent_key = ("latent_norm_threshold_stripped" if evidence["skull_stripped"]
+                  else "latent_norm_threshold")
+    flagged = out_of_domain(float(np.mean(latent)), {"latent_norm_threshold": domain[latent_key]}
+                            if latent_key in domain else None)
+    if flagged:
+        reasons.append(f"latent norm {float(np.mean(latent)):.3f} over the prior's threshold "
+                       f"{domain[latent_key]} (the prior does not recognize the result)")
     metrics = {
         "NCCToSource": round(float(np.mean(ncc)), 5),
         "LatentNorm": round(float(np.mean(latent)), 4),
         "BitsPerDim": round(float(np.mean(bpd)), 4),
         "SourceBitsPerDim": round(float(np.mean(src_bpd)), 4),
         "SliceBitsPerDim": [None if np.isnan(v) else round(float(v), 4) for v in per_slice_bpd],
-        "OutOfDomain": out_of_domain(float(np.mean(latent)),
-                                     bundle.harmonization.get("out_of_domain")),
-        "OutOfDomainThreshold": (bundle.harmonization.get("out_of_domain") or {}).get(
-            "latent_norm_threshold"),
+        "OutOfDomain": bool(reasons) if domain else None,
+        "OutOfDomainReasons": reasons,
+        "OutOfDomainThreshold": domain.get(latent_key),
+        "SkullStripped": evidence["skull_stripped"],
+        "ShellFraction": evidence["shell_fraction"],
+        "TissueOrder": evidence["tissue_order"],
         "HarmonizedSlices": int(len(idx)),
         "Device": str(device),
         "RunTimeSeconds": round(time.perf_counter() - started, 2),

@@ -58,6 +58,19 @@ class ResampleToGrid(SimpleInterface):
         return runtime
 
 
+def _log_evidence(path, metrics):
+    """Say in the run's log what was detected about the input and why it was flagged."""
+    import logging
+
+    logger = logging.getLogger("nipype.interface")
+    if metrics.get("SkullStripped"):
+        logger.info("%s: skull-stripped input (%.0f %% of the template's scalp and skull "
+                    "hold signal): harmonized within the template's brain", path,
+                    100 * (metrics.get("ShellFraction") or 0.0))
+    for reason in metrics.get("OutOfDomainReasons") or []:
+        logger.warning("%s: out of the prior's domain: %s", path, reason)
+
+
 def sidecar_key(name):
     """``scoring_slices`` -> ``ScoringSlices`` (sidecar keys are CamelCase in BIDS)."""
     special = {"lr": "LearningRate", "map": "IntensityMap"}
@@ -117,6 +130,7 @@ class Harmonize(SimpleInterface):
             arrays["map_values"] = np.asarray(result["global_map"]["values"])
             arrays["map_scale"] = np.asarray(result["global_map"]["scale"])
         np.savez(out_map, **arrays)
+        _log_evidence(self.inputs.in_file, result["metrics"])
         record = {"Method": result["method"], "Device": self.inputs.device}
         record.update({sidecar_key(k): _plain(v) for k, v in result["params"].items()})
         self._results.update(

@@ -24,18 +24,23 @@ class _RegisterAffineOutputSpec(TraitedSpec):
     out_transform = File(exists=True, desc="ITK text affine: reference -> T1w points")
 
 
+class _RegisterAffineOutputSpecStripped(_RegisterAffineOutputSpec):
+    skull_stripped = traits.Bool(desc="the image was found skull-stripped (and registered "
+                                      "again to the template's brain)")
+
+
 class RegisterAffine(SimpleInterface):
-    """Affine registration (:func:`bids_app.preprocess.registration.register_affine`)."""
+    """Affine registration (:func:`bids_app.preprocess.registration.register_to_reference`)."""
 
     input_spec = _RegisterAffineInputSpec
-    output_spec = _RegisterAffineOutputSpec
+    output_spec = _RegisterAffineOutputSpecStripped
 
     def _run_interface(self, runtime):
         import nibabel as nib
 
-        from ..preprocess.registration import register_affine, write_itk_affine
+        from ..preprocess.registration import register_to_reference, write_itk_affine
 
-        matrix = register_affine(
+        matrix, stripped = register_to_reference(
             nib.load(self.inputs.moving),
             nib.load(self.inputs.fixed),
             engine=self.inputs.engine,
@@ -44,6 +49,7 @@ class RegisterAffine(SimpleInterface):
         out_file = Path(runtime.cwd) / "t1w2ref_xfm.txt"
         write_itk_affine(matrix, out_file)
         self._results["out_transform"] = str(out_file)
+        self._results["skull_stripped"] = stripped
         return runtime
 
 

@@ -226,3 +226,41 @@ def grid_image(shape, affine, data=None):
     if data is None:
         data = np.zeros(shape, dtype=np.float32)
     return nb.Nifti1Image(np.asarray(data, dtype=np.float32), affine)
+
+
+def register_to_reference(moving, fixed, *, engine="simpleitk", num_threads=1, seed=42):
+    """:func:`register_affine`, and once more against the template's brain for a brain-only
+    image.
+
+    A skull-stripped image registered to a whole-head template is pulled toward the head's
+    outline (on two IXI-HH fixture subjects stripped in native space: 2.3-2.5 mm mean and
+    5-6 mm largest displacement of brain points). When the first result shows an empty scalp
+    (:func:`bids_app.harmonize.evidence.skull_stripped`) the image is registered again to
+    the template times its brain mask (0.3-0.6 mm). Templates on another grid than the
+    shipped brain mask's get the first registration only.
+
+    Returns
+    -------
+    matrix : numpy.ndarray
+        RAS matrix ``A`` with ``p_moving = A @ p_fixed``.
+    stripped : bool
+        Whether the image was found skull-stripped.
+    """
+    import nibabel as nb
+
+    from ..harmonize.evidence import skull_stripped
+    from ..harmonize.quantiles import reference_mask
+    from .masks import template_brain_mask
+
+    matrix = register_affine(moving, fixed, engine=engine, num_threads=num_threads, seed=seed)
+    brain = template_brain_mask()
+    if tuple(fixed.shape[:3]) != brain.shape:
+        return matrix, False
+    template = np.asarray(fixed.dataobj, dtype=np.float32)
+    volume = resample_to_grid(moving, fixed, matrix)
+    stripped, _ = skull_stripped(volume, reference_mask(template), brain)
+    if stripped:
+        brain_only = nb.Nifti1Image(template * brain, fixed.affine)
+        matrix = register_affine(moving, brain_only, engine=engine, num_threads=num_threads,
+                                 seed=seed)
+    return matrix, stripped

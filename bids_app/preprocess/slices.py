@@ -64,3 +64,30 @@ def reassemble(slices, low, high):
 def head_fraction(slices, threshold=0.05):
     """Fraction of each normalized slice above ``threshold`` (how much head it holds)."""
     return (np.asarray(slices) > threshold).mean(axis=(1, 2, 3))
+
+
+def block_mean(slices, factor):
+    """Average ``(N, C, H, W)`` slices over ``factor x factor`` blocks (no renormalization)."""
+    slices = np.asarray(slices)
+    if factor == 1:
+        return slices
+    n, c, height, width = slices.shape
+    if height % factor or width % factor:
+        raise ValueError(f"Slice shape {height}x{width} is not divisible by {factor}.")
+    return slices.reshape(n, c, height // factor, factor, width // factor, factor).mean(
+        axis=(3, 5))
+
+
+def downsample_slices(slices, factor):
+    """Block-average ``(N, 1, H, W)`` slices by ``factor`` and min-max each again.
+
+    A coarser prior (``factor`` 2: 4 mm on the 2 mm grid) sees the low-frequency content
+    that contrast is made of, at a quarter of the cost per slice. Empty slices stay zero.
+    """
+    if factor == 1:
+        return np.asarray(slices, dtype=np.float32)
+    out = block_mean(np.asarray(slices, dtype=np.float32), factor)
+    low = out.min(axis=(1, 2, 3), keepdims=True)
+    span = out.max(axis=(1, 2, 3), keepdims=True) - low
+    return np.where(span > 0, (out - low) / np.where(span > 0, span, 1.0), 0.0).astype(
+        np.float32)

@@ -101,6 +101,8 @@ class ImageRecord:
         row["group"] = self.group
         row.update({k: self.metrics.get(k) for k in METRICS})
         row["OutOfDomain"] = self.metrics.get("OutOfDomain")
+        row["OutOfDomainReasons"] = "; ".join(self.metrics.get("OutOfDomainReasons") or []) or None
+        row["SkullStripped"] = self.metrics.get("SkullStripped")
         row["OutOfDomainSlices"] = len(out_of_domain_slices(self.slice_bpd))
         harmonization = self.sidecar.get("Harmonization") or {}
         row["Method"] = harmonization.get("Method")

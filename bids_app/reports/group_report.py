@@ -47,12 +47,17 @@ def summary_section(records):
     groups = Counter(r.group for r in records)
     priors = Counter((r.sidecar.get("Prior") or {}).get("Name", "n/a") for r in records)
     flagged = sum(bool(r.outliers) for r in records)
+    domain = sum(bool(r.metrics.get("OutOfDomain")) for r in records)
+    stripped = sum(bool(r.metrics.get("SkullStripped")) for r in records)
     subjects = len({r.subject for r in records})
     rows = [(g, n) for g, n in sorted(groups.items())]
     text = (f"<p>{len(records)} harmonized T1w image(s) of {subjects} participant(s); "
             f"prior(s): {esc(', '.join(f'{k} ({v})' for k, v in priors.items()))}. "
             f'<span class="{"flag" if flagged else "ok"}">{flagged} image(s) flagged as '
-            "outliers</span> (see the metrics and the table).</p>")
+            "outliers</span> (see the metrics and the table); "
+            f'<span class="{"flag" if domain else "ok"}">{domain} image(s) out of the '
+            "prior's domain</span> (left unchanged or to be checked: the reason is in the "
+            f"table); {stripped} skull-stripped input(s) harmonized in the brain.</p>")
     return text + table_html(("site / scanner group", "images"), rows)
 
 
@@ -119,11 +124,15 @@ def table_section(records):
                       f"{esc(r.bids_name)}</a>")
         ood = out_of_domain_slices(r.slice_bpd)
         flags = ", ".join(r.outliers) if r.outliers else ""
+        reasons = "; ".join(r.metrics.get("OutOfDomainReasons") or [])
         rows.append([link, r.group, *(r.metrics.get(m) for m in TABLE_METRICS),
+                     "yes" if r.metrics.get("SkullStripped") else "no",
+                     Markup(f'<span class="flag">{esc(reasons)}</span>' if reasons
+                            else '<span class="ok">no</span>'),
                      len(ood), Markup(f'<span class="flag">{esc(flags)}</span>')])
-        classes.append("outlier" if r.outliers else "")
-    header = ("image (subject report)", "site / scanner", *TABLE_METRICS,
-              "out-of-domain slices", "outlier in")
+        classes.append("outlier" if r.outliers or reasons else "")
+    header = ("image (subject report)", "site / scanner", *TABLE_METRICS, "skull-stripped",
+              "out of domain (why)", "out-of-domain slices", "outlier in")
     return '<div class="scroll">' + table_html(header, rows, classes) + "</div>"
 
 

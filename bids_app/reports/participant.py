@@ -74,6 +74,11 @@ def image_section(record, output_dir, subject):
     ]
     metrics = record.metrics
     rows = [(k, metrics.get(k)) for k in METRICS if k in metrics]
+    reasons = metrics.get("OutOfDomainReasons") or []
+    rows.append(("OutOfDomain", Markup(
+        f'<span class="flag">yes: {esc("; ".join(reasons))}</span>' if reasons
+        else '<span class="ok">no</span>')))
+    rows.append(("SkullStripped", "yes" if metrics.get("SkullStripped") else "no"))
     rows.append(("OutOfDomainSlices", Markup(
         f'<span class="flag">{esc(flagged)}</span>' if flagged else '<span class="ok">none</span>'
     )))

@@ -12,7 +12,8 @@ Slices are judged against the smooth trend of their own image's profile (a runni
 median over :data:`TREND_WINDOW` slices): the bits/dim of a slice naturally changes from
 the top of the head to the skull base, and a slice is out of domain when it rises above
 that trend by more than :data:`ROBUST_Z` times the profile's slice-to-slice noise, a
-robust estimate from the differences of neighbouring slices (:func:`slice_z`). A run of bad slices up to half the window long stands out.
+robust estimate from the differences of neighbouring slices (:func:`slice_z`). A run of
+bad slices up to half the window long stands out.
 
 Intensities
 -----------

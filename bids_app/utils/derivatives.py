@@ -199,7 +199,7 @@ def t1w_sidecar(
     source_uri = bids_uri(source_file, bids_dir)
     meta = {
         "Sources": [source_uri] + [bids_uri(f, output_dir, dataset="") for f in sources],
-        "SkullStripped": False,
+        "SkullStripped": bool((metrics or {}).get("SkullStripped", False)),
     }
     if space is None:
         meta["SpatialReference"] = source_uri

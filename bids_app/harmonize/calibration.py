@@ -1,0 +1,80 @@
+"""Everything harmonization needs besides the weights, measured on target-domain images.
+
+:func:`calibrate_bundle` writes a prior bundle's ``harmonization`` record from its
+validation volumes (and its training volumes, for the population statistics), all on the
+reference grid: the prior's own bias (:func:`~bids_app.harmonize.intensity.calibrate_power_map`),
+the out-of-domain thresholds (:func:`~bids_app.harmonize.domain.calibrate_domain` for
+whole-head and for skull-stripped slices, :func:`~bids_app.harmonize.evidence.
+calibrate_tissue_order`) and the population's intensity quantiles in the template's head and
+in its brain (:func:`~bids_app.harmonize.quantiles.population_statistics`).
+``blindharmony-train`` calls it at the end of training and with ``--recalibrate``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+#: The power search's range (:func:`~bids_app.harmonize.intensity.estimate_gamma`); an
+#: estimate beyond ``EDGE`` of its top is pinned at the edge, not an estimate.
+GAMMA_RANGE = (0.3, 3.0)
+EDGE = 0.95
+
+
+def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
+    """Measure the calibration on ``volumes`` (validation) and save it in the bundle.
+
+    Returns the new ``harmonization`` record, with ``notes`` (messages for the user) that
+    are not saved.
+    """
+    from ..flow.bundle import load_bundle
+    from ..preprocess.masks import template_brain_mask
+    from .defaults import DEFAULTS
+    from .domain import calibrate_domain
+    from .evidence import calibrate_tissue_order, inner_brain
+    from .intensity import calibrate_power_map
+    from .quantiles import population_statistics, reference_mask
+
+    bundle = load_bundle(bundle_path, device=device)
+    scoring = bundle.harmonization.get("flow-intensity", {}).get("scoring_slices", 24)
+    with torch.no_grad():
+        calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring)
+    record = {**DEFAULTS, **{k: v for k, v in bundle.harmonization.items() if k == "paper"}}
+    record["flow-intensity"] = {**DEFAULTS["flow-intensity"], **calibration}
+    brain = template_brain_mask()
+    template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
+    on_grid = brain.shape == template.shape
+    notes = []
+    with torch.no_grad():
+        domain = calibrate_domain(bundle.flow, volumes)
+        if on_grid:
+            masked = [np.asarray(v) * brain for v in volumes]
+            stripped_fit = calibrate_power_map(bundle.flow, masked, scoring_slices=scoring)
+            if max(stripped_fit["validation_gamma_hat"]) < EDGE * GAMMA_RANGE[1]:
+                record["flow-intensity"]["stripped"] = stripped_fit
+            else:
+                notes.append("The prior's power estimate on brain-masked validation images "
+                             f"reaches the search's edge ({stripped_fit['validation_gamma_hat']}"
+                             "): it cannot judge skull-stripped slices, which are then "
+                             "harmonized by the population of brain intensities alone")
+            stripped = calibrate_domain(bundle.flow, masked)
+            domain["latent_norm_threshold_stripped"] = stripped["latent_norm_threshold"]
+            domain["validation_latent_norm_stripped"] = stripped["validation_latent_norm"]
+            domain.update(calibrate_tissue_order(volumes, template, brain))
+    record["out_of_domain"] = domain
+    if train_volumes is not None and len(train_volumes):
+        try:
+            record["flow-intensity"]["population"] = population_statistics(
+                train_volumes, reference_mask(bundle.reference))
+            if on_grid:
+                record["flow-intensity"]["population_brain"] = population_statistics(
+                    train_volumes, inner_brain(brain), mask_name="brain")
+        except ValueError as exc:
+            # the prior's own estimate is used alone (no population check)
+            notes.append(f"Population quantiles not recorded: {exc}")
+    bundle.harmonization = record
+    bundle.save(bundle_path)
+    return {**record, "notes": notes}
+
+
+__all__ = ["calibrate_bundle"]
