@@ -226,10 +226,10 @@ def choose_global_map(volume, bundle, params, evidence, *, device, progress=True
     against the population (:func:`select_map`, with the prior's veto). Skull-stripped
     input is harmonized through the template's brain: the population record measured there
     (``population_brain``) and the prior's estimate calibrated on brain-masked validation
-    images (``stripped``: its ``gamma_bias`` and ``gate_bits``; without it, no estimate of
-    the prior, and the population decides alone). The
-    result falls back to the identity, with the reasons recorded (``fallback_reasons``),
-    when the evidence is against any map: the tissue order is not T1w's, or the chosen map
+    images (the ``stripped`` record: ``gamma_bias`` and ``gate_bits``); a prior without
+    that record cannot judge such slices, and the population decides alone. The result
+    falls back to the identity, with the reasons recorded (``fallback_reasons``), when the
+    evidence is against any map: the tissue order is not T1w's, or the chosen map
     leaves the image farther from the population than every training image
     (``fallback_threshold``), or a skull-stripped image meets a prior without a brain
     population.
@@ -387,6 +387,7 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
     else:
         values, info = choose_global_map(volume, bundle, params, evidence, device=device,
                                          progress=progress)
+        reasons = info.pop("fallback_reasons")
         params = {k: v for k, v in params.items()
                   if not k.startswith("population") and k != "stripped"}
         scale = float(np.max(volume))
@@ -407,9 +408,8 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
     per_slice_bpd = np.full(len(slices), np.nan)
     per_slice_bpd[idx] = bpd
     domain = bundle.harmonization.get("out_of_domain") or {}
-    reasons = list(params.get("fallback_reasons") or [])
     if method == "paper":
-        reasons += tissue_order_reasons(evidence, domain)
+        reasons = tissue_order_reasons(evidence, domain)
     latent_key = ("latent_norm_threshold_stripped" if evidence["skull_stripped"]
                   else "latent_norm_threshold")
     flagged = out_of_domain(float(np.mean(latent)), {"latent_norm_threshold": domain[latent_key]}
@@ -423,7 +423,7 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
         "BitsPerDim": round(float(np.mean(bpd)), 4),
         "SourceBitsPerDim": round(float(np.mean(src_bpd)), 4),
         "SliceBitsPerDim": [None if np.isnan(v) else round(float(v), 4) for v in per_slice_bpd],
-        "OutOfDomain": bool(reasons) if domain else None,
+        "OutOfDomain": bool(reasons) if domain or reasons else None,
         "OutOfDomainReasons": reasons,
         "OutOfDomainThreshold": domain.get(latent_key),
         "SkullStripped": evidence["skull_stripped"],
