@@ -147,9 +147,8 @@ def run(opts):
     from bids_app.cli.train import collect_images
     from bids_app.evaluation.shifts import skull_strip
     from bids_app.flow.bundle import load_bundle
-    from bids_app.harmonize.evidence import inner_brain
     from bids_app.harmonize.quantiles import reference_mask
-    from bids_app.preprocess.masks import template_brain_mask
+    from bids_app.preprocess.masks import inner_brain, template_brain_mask
     from bids_app.preprocess.registration import register_affine
 
     torch.set_num_threads(opts.threads)

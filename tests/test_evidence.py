@@ -6,10 +6,10 @@ import pytest
 
 from bids_app.evaluation.shifts import skull_strip
 from bids_app.flow.bundle import load_bundle
-from bids_app.harmonize.evidence import shell_fraction, skull_stripped, tissue_order
+from bids_app.harmonize.evidence import tissue_order
 from bids_app.harmonize.quantiles import reference_mask
 from bids_app.harmonize.volume import harmonize_volume
-from bids_app.preprocess.masks import template_brain_mask
+from bids_app.preprocess.masks import shell_fraction, skull_stripped, template_brain_mask
 from bids_app.preprocess.registration import (register_affine, register_to_reference,
                                               resample_to_grid)
 

@@ -28,10 +28,10 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     are not saved.
     """
     from ..flow.bundle import load_bundle
-    from ..preprocess.masks import template_brain_mask
+    from ..preprocess.masks import inner_brain, template_brain_mask
     from .defaults import DEFAULTS
     from .domain import calibrate_domain
-    from .evidence import calibrate_tissue_order, inner_brain
+    from .evidence import calibrate_tissue_order
     from .intensity import calibrate_power_map
     from .quantiles import population_statistics, reference_mask
 

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..preprocess.masks import HEAD_THRESHOLD, head_mask
+
 #: Percentiles (in percent) at which quantiles are taken.
 LEVELS = np.linspace(0.5, 99.5, 100)
 #: The mask is the reference template above this fraction of its maximum.
-MASK_THRESHOLD = 0.2
+MASK_THRESHOLD = HEAD_THRESHOLD
 #: Consistency threshold: this percentile of the training images' own distances.
 CONSISTENCY_PERCENTILE = 80.0
 #: The identity (no change at all) is rejected only beyond this percentile: leaving an
@@ -44,17 +46,8 @@ FALLBACK_MARGIN = 1.25
 
 
 def reference_mask(reference, threshold=MASK_THRESHOLD):
-    """Boolean mask of the reference template's head (template > ``threshold`` x max).
-
-    Parameters
-    ----------
-    reference : nibabel image or array
-        The prior's reference template.
-    threshold : float
-        Fraction of the template's maximum.
-    """
-    data = np.asanyarray(getattr(reference, "dataobj", reference), dtype=np.float64)
-    return data > threshold * data.max()
+    """The reference template's head mask (:func:`bids_app.preprocess.masks.head_mask`)."""
+    return head_mask(reference, threshold)
 
 
 def volume_quantiles(volume, mask, levels=LEVELS):
@@ -94,8 +87,7 @@ def population_mask(reference, population):
     otherwise :func:`reference_mask` at the record's threshold.
     """
     if population.get("mask") == "brain":
-        from ..preprocess.masks import template_brain_mask
-        from .evidence import inner_brain
+        from ..preprocess.masks import inner_brain, template_brain_mask
 
         return inner_brain(template_brain_mask())
     return reference_mask(reference, population.get("mask_threshold", MASK_THRESHOLD))

@@ -189,21 +189,21 @@ def prior_veto(flow, u, prior_values, prior_info, quantile_values, info, veto_bi
 
 
 def assess_input(volume, bundle):
-    """What the registered source is (:mod:`bids_app.harmonize.evidence`).
+    """What the registered source is (:mod:`bids_app.preprocess.masks`,
+    :mod:`bids_app.harmonize.evidence`).
 
     ``skull_stripped`` and its ``shell_fraction``; ``tissue_order``, the rank correlation
     with the prior's template in the brain. Bundles on another grid than the shipped
     template's get no evidence (``None`` values, not stripped).
     """
-    from ..preprocess.masks import template_brain_mask
-    from .evidence import skull_stripped, tissue_order
-    from .quantiles import reference_mask
+    from ..preprocess.masks import head_mask, skull_stripped, template_brain_mask
+    from .evidence import tissue_order
 
     brain = template_brain_mask()
     template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
     if brain.shape != np.shape(volume) or brain.shape != template.shape:
         return {"skull_stripped": False, "shell_fraction": None, "tissue_order": None}
-    stripped, fraction = skull_stripped(volume, reference_mask(template), brain)
+    stripped, fraction = skull_stripped(volume, head_mask(template), brain)
     return {"skull_stripped": stripped, "shell_fraction": fraction,
             "tissue_order": round(tissue_order(volume, template, brain), 4)}
 

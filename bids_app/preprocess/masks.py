@@ -1,11 +1,14 @@
-"""The reference template's brain mask, and where it comes from.
+"""The reference template's head and brain masks, and what they tell of an input.
 
 ``tpl-MNIColin27_res-2_desc-brain_mask.nii.gz`` (package data) is MRIcron's
 brain-extracted Colin27 (``ch2bet.nii.gz``, BSD-3-Clause) on the prior's 2 mm grid. It is
 what skull-stripped input is recognized and harmonized by, and what the prior's masking
 augmentation (``blindharmony-train --mask-augmentation``) cuts training slices with.
 
-Regenerate it with ``python -m bids_app.preprocess.masks CH2BET [OUTPUT]`` (Debian's
+:func:`skull_stripped` recognizes brain-only input from how much of the template's scalp
+and skull (the head outside the dilated brain) holds signal after registration.
+
+Regenerate the mask with ``python -m bids_app.preprocess.masks CH2BET [OUTPUT]`` (Debian's
 ``mricron-data`` ships ``/usr/share/mricron/templates/ch2bet.nii.gz``).
 """
 
@@ -45,6 +48,64 @@ def make_brain_mask(bet_path, template_path=None):
     out = nb.Nifti1Image(mask.astype(np.uint8), template.affine)
     out.set_data_dtype(np.uint8)
     return out
+
+
+#: Voxels above this fraction of the volume's 99th percentile (inside the brain) hold signal.
+SIGNAL_FRACTION = 0.05
+#: Below this share of the shell holding signal, an image is skull-stripped.
+STRIPPED_SHELL = 0.25
+#: Voxels the brain mask is dilated by to define the shell, and eroded by for statistics.
+SHELL_DILATION = 2
+BRAIN_EROSION = 2
+
+
+def shell_mask(head, brain, dilation=SHELL_DILATION):
+    """The head outside the (dilated) brain: where a whole-head image has scalp and skull."""
+    from scipy.ndimage import binary_dilation
+
+    return head & ~binary_dilation(brain, iterations=dilation)
+
+
+def inner_brain(brain, erosion=BRAIN_EROSION):
+    """The brain mask eroded by ``erosion`` voxels (robust to brain-extraction edges)."""
+    from scipy.ndimage import binary_erosion
+
+    return binary_erosion(brain, iterations=erosion)
+
+
+def shell_fraction(volume, head, brain):
+    """Share of the shell's voxels holding signal (above ``SIGNAL_FRACTION`` of the brain's
+    99th percentile)."""
+    volume = np.asarray(volume, dtype=np.float64)
+    inside = volume[inner_brain(brain)]
+    level = SIGNAL_FRACTION * max(float(np.percentile(inside, 99)) if inside.size else 0.0,
+                                  1e-12)
+    shell = volume[shell_mask(head, brain)]
+    return float((shell > level).mean()) if shell.size else 0.0
+
+
+def skull_stripped(volume, head, brain, threshold=STRIPPED_SHELL):
+    """``(stripped, shell fraction)`` of a registered volume."""
+    fraction = shell_fraction(volume, head, brain)
+    return bool(fraction < threshold), round(fraction, 4)
+
+
+#: The template's head: voxels above this fraction of its maximum.
+HEAD_THRESHOLD = 0.2
+
+
+def head_mask(reference, threshold=HEAD_THRESHOLD):
+    """Boolean mask of a template's head (template > ``threshold`` x max).
+
+    Parameters
+    ----------
+    reference : nibabel image or array
+        The prior's reference template.
+    threshold : float
+        Fraction of the template's maximum.
+    """
+    data = np.asanyarray(getattr(reference, "dataobj", reference), dtype=np.float64)
+    return data > threshold * data.max()
 
 
 def main(argv=None):

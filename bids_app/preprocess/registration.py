@@ -235,7 +235,7 @@ def register_to_reference(moving, fixed, *, engine="simpleitk", num_threads=1, s
     A skull-stripped image registered to a whole-head template is pulled toward the head's
     outline (on two IXI-HH fixture subjects stripped in native space: 2.3-2.5 mm mean and
     5-6 mm largest displacement of brain points). When the first result shows an empty scalp
-    (:func:`bids_app.harmonize.evidence.skull_stripped`) the image is registered again to
+    (:func:`bids_app.preprocess.masks.skull_stripped`) the image is registered again to
     the template times its brain mask (0.3-0.6 mm). Templates on another grid than the
     shipped brain mask's get the first registration only.
 
@@ -248,9 +248,7 @@ def register_to_reference(moving, fixed, *, engine="simpleitk", num_threads=1, s
     """
     import nibabel as nb
 
-    from ..harmonize.evidence import skull_stripped
-    from ..harmonize.quantiles import reference_mask
-    from .masks import template_brain_mask
+    from .masks import head_mask, skull_stripped, template_brain_mask
 
     matrix = register_affine(moving, fixed, engine=engine, num_threads=num_threads, seed=seed)
     brain = template_brain_mask()
@@ -258,7 +256,7 @@ def register_to_reference(moving, fixed, *, engine="simpleitk", num_threads=1, s
         return matrix, False
     template = np.asarray(fixed.dataobj, dtype=np.float32)
     volume = resample_to_grid(moving, fixed, matrix)
-    stripped, _ = skull_stripped(volume, reference_mask(template), brain)
+    stripped, _ = skull_stripped(volume, head_mask(template), brain)
     if stripped:
         brain_only = nb.Nifti1Image(template * brain, fixed.affine)
         matrix = register_affine(moving, brain_only, engine=engine, num_threads=num_threads,
