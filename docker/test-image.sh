@@ -28,17 +28,8 @@ build=1
 [[ "${1:-}" == "--no-build" ]] && build=0
 
 log() { printf '[test-image] %s\n' "$*" >&2; }
-failures=0
-check() {  # check NAME COMMAND...: PASS/FAIL line
-  local name=$1
-  shift
-  if "$@"; then
-    echo "PASS: $name"
-  else
-    echo "FAIL: $name"
-    failures=$((failures + 1))
-  fi
-}
+# shellcheck source=/dev/null
+. "$here/checks.sh"  # check NAME COMMAND...
 
 # --- 1. podman -------------------------------------------------------------------------
 if ! command -v podman > /dev/null; then

@@ -294,18 +294,8 @@ def test_shell_scripts_parse(script):
 @pytest.mark.parametrize("task, label", [(1, "IXI052"), (3, "IXI146")])
 def test_sbatch_runs_one_participant_per_task(tmp_path, task, label):
     """With a fake apptainer, array task N runs participants.tsv line N + 1."""
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    record = tmp_path / "args"
-    fake = bindir / "apptainer"
-    fake.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {record}\n')
-    fake.chmod(0o755)
-    env = dict(
-        os.environ,
-        PATH=f"{bindir}:{os.environ['PATH']}",
-        BIDS_DIR=str(FIXTURE),
-        OUTPUT_DIR=str(tmp_path / "out"),
-        WORK_ROOT=str(tmp_path / "work"),
+    env, record = _fake_command(tmp_path, "apptainer")
+    env.update(
         SIF=str(tmp_path / "blindharmony.sif"),
         SLURM_ARRAY_TASK_ID=str(task),
         SLURM_CPUS_PER_TASK="4",

@@ -53,17 +53,8 @@ die() {
   log "ERROR: $*"
   exit 1
 }
-failures=0
-check() { # check NAME COMMAND...: one PASS/FAIL line
-  local name=$1
-  shift
-  if "$@"; then
-    echo "PASS: $name"
-  else
-    echo "FAIL: $name"
-    failures=$((failures + 1))
-  fi
-}
+# shellcheck source=/dev/null
+. "$here/../checks.sh"  # check NAME COMMAND...
 left() { # seconds left before the deadline (at least 1)
   local s=$((deadline - $(date +%s)))
   ((s > 0)) || s=1
