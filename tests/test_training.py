@@ -204,3 +204,25 @@ def test_resume_without_checkpoint(lib_bids_dir, tmp_path, monkeypatch):
 def test_state_defaults():
     state = TrainState()
     assert state.step == 0 and math.isinf(state.best_bpd) and state.history == []
+
+
+def test_train_cli_4mm_companion_with_masking(lib_bids_dir, tmp_path, capsys):
+    """--downsample 2 trains on 48 x 56 slices and records it; a companion
+    (--contrast-augmentation) and a masked prior train, get no calibration of their own,
+    and refuse --recalibrate (exit 64)."""
+    bundle_path = tmp_path / "out" / "companion.pt"
+    common = [str(lib_bids_dir), str(bundle_path), "--participant-label", "IXI052", "IXI094",
+              "--preset", "tiny", "--downsample", "2", "--contrast-augmentation",
+              "--mask-augmentation", "0.5", "--nthreads", "1", "--batch-size", "4"]
+    assert train_cli.main(common + ["--steps", "3", "--validate-every", "3"]) == 0
+    bundle = load_bundle(bundle_path)
+    assert bundle.flow.config["shape"] == [48, 56]
+    assert bundle.x0.shape == (88, 1, 48, 56)
+    assert bundle.preprocessing["downsample"] == 2
+    assert bundle.training["contrast_augmentation"] is True
+    assert bundle.training["mask_augmentation"] == 0.5
+    assert "out_of_domain" not in bundle.harmonization
+    capsys.readouterr()
+    assert train_cli.main(common + ["--recalibrate"]) == 64
+    assert "--recalibrate" in capsys.readouterr().err
+    assert train_cli.main(common + ["--mask-augmentation", "1.5", "--steps", "1"]) == 64
