@@ -87,11 +87,9 @@ def map_and_normalize(u, values):
     ``u`` is ``(B, 1, H, W)``, ``values`` the knot values of ``g``; returns ``(x, span)``
     with ``span`` of shape ``(B,)``.
     """
-    mapped = apply_map(u, values)
-    flat = mapped.flatten(1)
-    low = flat.min(1).values
-    span = (flat.max(1).values - low).clamp_min(1e-6)
-    return (mapped - low.view(-1, 1, 1, 1)) / span.view(-1, 1, 1, 1), span
+    from .criterion import normalize
+
+    return normalize(apply_map(u, values))
 
 
 def map_log_likelihood(flow, u, values, counts):

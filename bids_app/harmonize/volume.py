@@ -219,7 +219,8 @@ def tissue_order_reasons(evidence, domain):
             "or a failed registration)"]
 
 
-def choose_global_map(volume, bundle, params, evidence, *, device, progress=True):
+def choose_global_map(volume, slices, valid, bundle, params, evidence, *, device,
+                      progress=True):
     """``flow-intensity``'s one monotone map of a volume, and the record of the decision.
 
     The prior's estimate (:func:`~bids_app.harmonize.intensity.fit_intensity_map`), checked
@@ -232,7 +233,8 @@ def choose_global_map(volume, bundle, params, evidence, *, device, progress=True
     evidence is against any map: the tissue order is not T1w's, or the chosen map
     leaves the image farther from the population than every training image
     (``fallback_threshold``), or a skull-stripped image meets a prior without a brain
-    population.
+    population. ``slices`` and ``valid`` are the volume's :func:`normalize_slices` (computed
+    once by :func:`harmonize_volume`).
     """
     from tqdm.auto import tqdm
 
@@ -242,7 +244,6 @@ def choose_global_map(volume, bundle, params, evidence, *, device, progress=True
     # the prior's estimate, calibrated on whole-head or on brain-masked validation images
     calibration = params.get("stripped") if stripped else params
     use_prior = bool(calibration) and "gamma_bias" in calibration
-    slices, _, _, valid = normalize_slices(volume)
     u = torch.from_numpy(volume_to_slices(volume) / float(np.max(volume))).to(device)
     if use_prior:
         chosen = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
@@ -385,8 +386,8 @@ def harmonize_volume(volume, bundle, *, method=None, params=None, device=None, p
             for k in idx:
                 harmonized[k] = interp_extended(slices[k], lut[k]).astype(harmonized.dtype)
     else:
-        values, info = choose_global_map(volume, bundle, params, evidence, device=device,
-                                         progress=progress)
+        values, info = choose_global_map(volume, slices, valid, bundle, params, evidence,
+                                         device=device, progress=progress)
         reasons = info.pop("fallback_reasons")
         params = {k: v for k, v in params.items()
                   if not k.startswith("population") and k != "stripped"}
