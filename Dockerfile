@@ -30,8 +30,9 @@
 # FROM this image and put FSL's bin folder on the PATH.
 #
 # TemplateFlow: nothing is downloaded at run time. The reference template ships inside
-# the package (bids_app/data) and in every prior bundle; TEMPLATEFLOW_HOME is set to an
-# empty, world-readable /opt/templateflow so that no library falls back to $HOME.
+# the package as a TemplateFlow tree (bids_app/data/templateflow) and in every prior
+# bundle; the build copies that tree into /opt/templateflow (world-readable), the image's
+# TEMPLATEFLOW_HOME, where templateflow.api.get finds it offline and writes nothing.
 
 ARG BASE_IMAGE=debian:bookworm-slim
 
@@ -144,6 +145,8 @@ ENV PATH=/opt/venv/bin:$PATH \
 
 RUN python3 -c "from bids_app.__about__ import __version__; print(__version__)" > /version \
     && chmod 0644 /version \
+    && python3 -m bids_app.utils.templates /opt/templateflow \
+    && chmod -R a+rX /opt/templateflow \
     && blindharmony --version
 
 # The default work folder (./work) lands in /tmp; bind a real one with -w.

@@ -62,9 +62,9 @@ def main(argv=None):
 
     from bids_app.flow.bundle import load_bundle
     from bids_app.harmonize.beta1 import choose_beta1, slice_maps
-    from bids_app.harmonize.defaults import DEFAULTS
-    from bids_app.harmonize.intensity import interp_extended
-    from bids_app.harmonize.volume import LUT_KNOTS, resolve_params, scoring_slice_indices
+    from bids_app.preprocess.intensity_maps import interp_extended
+    from bids_app.harmonize.methods import LUT_KNOTS, PaperParams, resolve_params
+    from bids_app.preprocess.slices import scoring_slice_indices
     from bids_app.preprocess.registration import register_affine, resample_to_grid
     from bids_app.preprocess.slices import normalize_slices, slices_to_volume
 
@@ -74,10 +74,10 @@ def main(argv=None):
     population = population_quantiles(
         [_t1w(opts.data, s).get_fdata() for s in split["train_and_validation"][:40]])
     bundle = load_bundle()
-    params = resolve_params(bundle, "paper")
-    candidates = [round(params["beta1"] * f, 1) for f in FACTORS]
-    app = [candidates[FACTORS.index(f)] for f in DEFAULTS["paper"]["beta1_factors"]]
-    settings = {k: params[k] for k in ("alpha", "beta2", "iterations")}
+    _, params = resolve_params(bundle, "paper")
+    candidates = [round(params.beta1 * f, 1) for f in FACTORS]
+    app = [candidates[FACTORS.index(f)] for f in PaperParams.beta1_factors]
+    settings = {"alpha": params.alpha, "beta2": params.beta2, "iterations": params.iterations}
     rows, chosen, seconds = [], {"auto (app candidates)": [], "auto (all)": []}, []
     for sub in test:
         img = _t1w(opts.data, sub)
@@ -92,7 +92,7 @@ def main(argv=None):
             volumes = {name: resample_to_grid(nb.Nifti1Image(v, img.affine), bundle.reference,
                                               matrix) for name, v in native.items()}
             slices, _, _, valid = normalize_slices(volumes["source"])
-            scoring = scoring_slice_indices(slices, valid, int(params["scoring_slices"]))
+            scoring = scoring_slice_indices(slices, valid, params.scoring_slices)
             truth = normalize_slices(clean)[0][scoring]
             started = time.perf_counter()
             best, results, scores = choose_beta1(

@@ -78,7 +78,7 @@ def run(opts):
             flags.append({
                 "subject": subject, "kind": kind, "flagged": bool(m["OutOfDomain"]),
                 "reasons": m["OutOfDomainReasons"], "tissue_order": m["TissueOrder"],
-                "latent_norm": m["LatentNorm"], "selected": result["params"].get("selected"),
+                "latent_norm": m["LatentNorm"], "selected": result["decision"].get("selected"),
                 "unchanged": bool(np.allclose(out, source, atol=1e-3 * float(source.max()))),
             })
         if index < opts.stripped:
@@ -90,7 +90,7 @@ def run(opts):
                 stripped.append({
                     "subject": subject, "shift": shift,
                     "detected": bool(result["metrics"]["SkullStripped"]),
-                    "selected": result["params"].get("selected"),
+                    "selected": result["decision"].get("selected"),
                     "flagged": bool(result["metrics"]["OutOfDomain"]),
                     "source": summarize(u * brain, truth * brain)["psnr"],
                     "whole_head": summarize(whole * brain, truth * brain)["psnr"],

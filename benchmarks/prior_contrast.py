@@ -209,7 +209,7 @@ def run(opts):
     import torch
 
     from bids_app.evaluation.metrics import minmax
-    from bids_app.harmonize.volume import scoring_slice_indices
+    from bids_app.preprocess.slices import scoring_slice_indices
     from bids_app.preprocess.slices import normalize_slices
 
     torch.set_num_threads(opts.threads)

@@ -66,8 +66,9 @@ def load_slices(opts):
             raise SystemExit(66)
         test = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())["test"]
         images = collect_images(DATA, exclude=test)
-        reference = nb.as_closest_canonical(
-            nb.load(str(ROOT / "bids_app" / "data" / "tpl-MNIColin27_res-2_T1w.nii.gz")))
+        from bids_app.utils.templates import template_path
+
+        reference = nb.as_closest_canonical(nb.load(str(template_path("T1w"))))
         cache = Path(opts.cache or Path(opts.out) / "prior_sizes_slices.npz")
         data = _prepare_data(SimpleNamespace(nthreads=opts.threads), images, reference, cache)
         slices, subject, subjects = data.slices, data.subject, data.subjects

@@ -306,7 +306,7 @@ PRELOAD = {
     "slices": ("bids_app.preprocess.slices",),
     "prior": ("torch", "bids_app.flow.bundle"),
     "harmonize": ("torch", "bids_app.flow.bundle", "bids_app.harmonize.volume"),
-    "native": ("bids_app.preprocess.native", "bids_app.harmonize.intensity"),
+    "native": ("bids_app.preprocess.native",),
     "hm": ("bids_app.evaluation.baselines",),
     "nyul": ("bids_app.evaluation.baselines", "intensity_normalization"),
     "lowfreq": ("bids_app.evaluation.baselines", "bids_app.preprocess.registration",

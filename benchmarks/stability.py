@@ -178,8 +178,8 @@ def run(opts):
                     harmonized(s, bundle, baselines, opts.threads) for s in scans)
                 flags.append({"subject": subject, "kind": kind, "stripped": strip,
                               "detected": [found1, found2],
-                              "selected": [res1["params"].get("selected"),
-                                           res2["params"].get("selected")],
+                              "selected": [res1["decision"].get("selected"),
+                                           res2["decision"].get("selected")],
                               "out_of_domain": [res1["metrics"]["OutOfDomain"],
                                                 res2["metrics"]["OutOfDomain"]]})
                 for method in out1:

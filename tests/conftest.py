@@ -1,7 +1,7 @@
 """Shared pytest fixtures: the BIDS App plumbing tests' here, the library tests' in a plugin.
 
-The library tests' fixtures (names prefixed ``lib_``) and the ``needs_shared_data`` marker
-live in :mod:`lib_fixtures`, registered below as a pytest plugin.
+The library tests' fixtures (names prefixed ``lib_``) live in :mod:`lib_fixtures`,
+registered below as a pytest plugin.
 """
 
 import json

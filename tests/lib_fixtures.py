@@ -3,11 +3,9 @@
 Used by tests/test_flow_model.py, test_bundle.py, test_training.py, test_operators.py,
 test_paper_algorithm.py, test_intensity.py, test_preprocess.py, test_slices_native.py,
 test_evaluation.py and the other tests on the shipped fixture data. Fixture names are
-prefixed ``lib_``.
-
-:func:`needs_shared_data` marks a test that reads the data beside the repository
-(``../shared/<path>``) and skips it when that data is absent, so that the suite passes on
-a fresh clone (as nibabel's ``needs_nibabel_data``).
+prefixed ``lib_``. Every test runs on data inside the repository (tests/data); the large
+data sets beside it (``../shared``) serve the benchmarks only, so the suite passes on a
+fresh clone.
 """
 
 from pathlib import Path
@@ -18,27 +16,6 @@ import torch
 torch.set_num_threads(1)  # 2 cores shared with a training job: keep tests lean
 
 LIB_FIXTURE_DIR = Path(__file__).parent / "data" / "ixi-hh-mini"
-
-#: The folder beside the repository that holds the large data sets (not in a clone).
-SHARED_DIR = Path(__file__).resolve().parents[1].parent / "shared"
-
-
-def needs_shared_data(path):
-    """Decorator: the test reads ``../shared/<path>``; skipped, with the reason, without it.
-
-    Applies the ``shared_data`` marker too (``-m "not shared_data"`` deselects such tests).
-    Usage: ``@needs_shared_data("data/ixi-hh")`` on a test function or class.
-    """
-    where = SHARED_DIR / path
-    skip = pytest.mark.skipif(
-        not where.exists(),
-        reason=f"needs ../shared/{path} beside the repository ({where} not found)",
-    )
-
-    def decorate(test):
-        return pytest.mark.shared_data(skip(test))
-
-    return decorate
 
 
 @pytest.fixture(scope="session")
@@ -51,6 +28,28 @@ def lib_bids_dir():
 def lib_t1w_path():
     """One fixture T1w image (sub-IXI052)."""
     return LIB_FIXTURE_DIR / "sub-IXI052" / "anat" / "sub-IXI052_T1w.nii.gz"
+
+
+@pytest.fixture(scope="session")
+def lib_shipped_bundle():
+    """The prior bundle shipped with the package."""
+    from bids_app.flow.bundle import load_bundle
+
+    return load_bundle()
+
+
+@pytest.fixture(scope="session")
+def lib_reference_volume(lib_shipped_bundle, lib_t1w_path):
+    """IXI052 registered and resampled onto the shipped prior's reference grid."""
+    import nibabel as nb
+    import numpy as np
+
+    from bids_app.preprocess.registration import register_affine, resample_to_grid
+
+    reference = lib_shipped_bundle.reference
+    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
+    matrix = register_affine(img, reference, num_threads=1)
+    return np.asarray(resample_to_grid(img, reference, matrix), dtype=np.float32)
 
 
 def lib_make_flow(shape=(16, 16), *, preset="tiny", seed=0, dtype=None, **overrides):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from bids_app.evaluation.baselines import (
+    LEVELS,
     NYUL_PERCENTILES,
     histogram_match,
     low_frequency_harmonize,
@@ -91,11 +92,32 @@ def test_nyul_without_the_package_says_how_to_install(monkeypatch, targets):
         nyul_train(targets)
 
 
-def test_histogram_match_unchanged(source, targets):
+def test_histogram_match_sends_the_foreground_quantiles_to_the_population(source, targets):
     data = source.get_fdata(dtype=np.float32)
-    out = histogram_match(data, population_quantiles(targets))
+    population = population_quantiles(targets)
+    out = histogram_match(data, population)
     assert out.dtype == np.float32 and out.shape == data.shape
-    assert 0.0 <= out.min() and out.max() <= 1.0
+    foreground = _minmax(data) > 0.05
+    error = np.abs(np.percentile(out[foreground], LEVELS) - population)
+    # (the fixture is 8-bit: a quantile that falls on a run of tied voxels may jump a step)
+    assert np.median(error) < 1e-3 and error.max() < 1e-2
+    assert out[data == data.min()].max() == 0.0  # the background stays 0
+    order = np.argsort(data.ravel(), kind="stable")
+    assert np.all(np.diff(out.ravel()[order]) >= -1e-6)  # monotone
+    # not pinned at the maximum: the brightest voxels follow the top quantiles' slope
+    assert 0.9 < out.max() < 1.5
+
+
+@pytest.mark.parametrize("shift", ["gamma0.7", "gamma1.5", "exp"])
+def test_histogram_match_undoes_much_of_a_contrast_change(source, targets, shift):
+    clean = source.get_fdata(dtype=np.float32)
+    shifted = apply_shift(clean, shift)
+    population = population_quantiles(targets)
+    before = summarize(shifted, clean)["psnr"]
+    after = summarize(histogram_match(shifted, population), clean)["psnr"]
+    assert after > before + 2.0
+    with pytest.raises(ValueError, match="anchor"):
+        histogram_match(shifted, population[1::2], LEVELS[1::2])
 
 
 def test_low_frequency_mask_is_a_centered_symmetric_window():
@@ -166,3 +188,77 @@ def test_low_frequency_harmonize_changes_only_low_frequencies_in_the_grid(source
     low = low_frequency_mask(data.shape[:2], wavelength=20.0,
                              voxel_size=source.header.get_zooms()[:2])
     assert spectrum[low].sum() > 0.9 * spectrum.sum()
+
+
+# ---------------------------------------------------------------------------------------
+# N4 bias-field correction (the first step of the n4-nyul baseline)
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def n4_case():
+    """IXI094 (2 mm), the same image under a smooth +-40 % field, and what N4 makes of both."""
+    from bids_app.evaluation.baselines import n4_bias_field, n4_correct, otsu_head_mask
+    from bids_app.evaluation.shifts import bias_field
+
+    img = _t1w("IXI094")
+    clean = img.get_fdata(dtype=np.float32)
+    field = bias_field(clean.shape, strength=0.4, seed=3)
+    biased = (clean * field).astype(np.float32)
+    zooms = img.header.get_zooms()[:3]
+    return {"clean": clean, "biased": biased, "field": field, "mask": otsu_head_mask(clean),
+            "n4_clean": n4_bias_field(clean, voxel_size=zooms),
+            "corrected": n4_correct(biased, voxel_size=zooms)}
+
+
+def _log_spread(a, b, mask):
+    """Spread (SD) of the log intensity ratio of two images in a mask: a residual field."""
+    return float(np.std(np.log(a[mask] / b[mask])))
+
+
+def test_n4_takes_a_synthetic_bias_field_off(n4_case):
+    """N4 removes most of the field: its result is near what it makes of the clean image.
+
+    N4 also removes the fixture's own inhomogeneity, so the corrected biased image is
+    compared with the corrected clean one.
+    """
+    c = n4_case
+    mask = c["mask"] & (c["clean"] > 0)
+    corrected = c["corrected"]
+    assert corrected.dtype == np.float32 and corrected.shape == c["clean"].shape
+    reference = c["clean"] / c["n4_clean"]
+    before = _log_spread(c["biased"], c["clean"], mask)
+    after = _log_spread(corrected, reference, mask)
+    assert before > 0.05  # the field is there
+    assert after < 0.6 * before
+    # what N4 takes off the biased image beyond what it takes off the clean one is the field
+    extra = np.log(c["biased"][mask] / corrected[mask] / c["n4_clean"][mask])
+    assert np.corrcoef(extra, np.log(c["field"][mask]))[0, 1] > 0.8
+
+
+def test_n4_makes_white_matter_homogeneous_again(n4_case):
+    from bids_app.evaluation.metrics import white_matter_mask
+
+    c = n4_case
+    wm = white_matter_mask(c["clean"])
+
+    def cov(x):
+        return float(np.std(x[wm]) / np.mean(x[wm]))
+
+    added = cov(c["biased"]) - cov(c["clean"])
+    assert added > 0.005  # the field spreads the white matter's intensities
+    # at least half of that spread is gone again
+    assert cov(c["corrected"]) < cov(c["biased"]) - 0.5 * added
+    field = c["n4_clean"]
+    assert field.dtype == np.float32 and field.shape == c["clean"].shape and field.min() > 0
+
+
+def test_n4_checks_its_input(n4_case):
+    from bids_app.evaluation.baselines import n4_bias_field
+
+    with pytest.raises(ValueError, match="3D"):
+        n4_bias_field(n4_case["clean"][..., 0])
+    with pytest.raises(ValueError, match="shapes differ"):
+        n4_bias_field(n4_case["clean"], mask=n4_case["mask"][:-1])
+    with pytest.raises(ValueError, match="positive"):
+        n4_bias_field(np.zeros((8, 8, 8), dtype=np.float32))

@@ -7,7 +7,6 @@ grid, scored under that prior. The batching is checked on a tiny flow.
 
 import math
 
-import nibabel as nb
 import numpy as np
 import pytest
 import torch
@@ -20,10 +19,9 @@ from bids_app.harmonize.beta1 import (
     map_bits_per_dim,
     slice_maps,
 )
-from bids_app.harmonize.intensity import interp_extended
+from bids_app.preprocess.intensity_maps import interp_extended
 from bids_app.harmonize.paper import blindharmony_paper
-from bids_app.harmonize.volume import scoring_slice_indices
-from bids_app.preprocess.registration import register_affine, resample_to_grid
+from bids_app.preprocess.slices import scoring_slice_indices
 from bids_app.preprocess.slices import normalize_slices
 
 SHAPE = (16, 16)
@@ -36,13 +34,10 @@ def bundle():
 
 
 @pytest.fixture(scope="module")
-def real(bundle, lib_t1w_path):
+def real(bundle, lib_reference_volume):
     """Four informative normalized slices of IXI052 on the prior's grid, and the prior's
     mean training slices at the same positions (Algorithm 1's start in the app)."""
-    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
-    matrix = register_affine(img, bundle.reference, num_threads=1)
-    volume = np.asarray(resample_to_grid(img, bundle.reference, matrix), dtype=np.float32)
-    slices, _, _, valid = normalize_slices(volume)
+    slices, _, _, valid = normalize_slices(lib_reference_volume)
     index = scoring_slice_indices(slices, valid, 4)
     return slices[index], bundle.x0[index].clone()
 
@@ -177,18 +172,3 @@ def test_a_beta1_that_leaves_a_monotone_map_of_the_source_is_chosen(bundle, real
     torch.testing.assert_close(results[0], start, atol=1e-3, rtol=0)
     assert best == 0 and CANDIDATES[best] == 0.0
     assert scores[0] < scores[1] - 0.1
-
-
-def test_beta1_auto_or_fixed_in_the_parameters():
-    """``beta1="auto"`` turns the choice on around the prior's value; a number turns it off."""
-    from types import SimpleNamespace
-
-    from bids_app.harmonize.volume import resolve_params
-
-    bundle = SimpleNamespace(harmonization={"paper": {"beta1": 400.0}})
-    assert resolve_params(bundle, "paper")["auto_beta1"] is False  # default: the prior's
-    auto = resolve_params(bundle, "paper", {"beta1": "auto"})
-    assert auto["auto_beta1"] is True and auto["beta1"] == 400.0
-    fixed = resolve_params(bundle, "paper", {"beta1": 300.0, "auto_beta1": True})
-    assert fixed["beta1"] == 300.0 and fixed["auto_beta1"] is True  # explicit wins
-    assert resolve_params(bundle, "paper", {"beta1": 300.0})["auto_beta1"] is False

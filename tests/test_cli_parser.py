@@ -25,10 +25,9 @@ def test_defaults(base, bids_skeleton, tmp_path):
     assert opts.analysis_level == "participant"
     assert opts.participant_label is None and opts.session_label is None
     assert opts.bids_filters == {}
-    assert opts.method == "flow-intensity"
+    assert opts.method is None  # the prior's own method
     assert opts.device == "auto" and opts.registration_engine == "auto"
-    assert opts.params == {"alpha": None, "beta1": None, "beta2": None, "iterations": None,
-                           "slice_sigma": None, "selection": None}
+    assert opts.overrides == {}
     assert opts.prior is None and opts.plugin is None
     assert 1 <= opts.omp_nthreads <= opts.nprocs
 
@@ -59,11 +58,14 @@ def test_harmonization_options(base, tmp_path):
         "--registration-engine", "simpleitk", "--mem-gb", "4", "-vv",
         "--skip_bids_validation", "--stop-on-first-crash", "--notrack", "--write-graph",
     ])
-    assert opts.params == {"alpha": 0.01, "beta1": 500.0, "beta2": 0.0, "iterations": 5,
-                           "slice_sigma": 0.0, "selection": None}
+    # typed once, here: a beta1 given is a beta1 fixed, and "auto" is the switch alone
+    assert opts.overrides == {"alpha": 0.01, "beta1": 500.0, "auto_beta1": False,
+                              "beta2": 0.0, "iterations": 5, "slice_sigma": 0.0}
     assert opts.method == "paper" and opts.device == "cpu" and opts.prior == prior
-    assert parse_args(base + ["--intensity-model", "quantile"]).params["selection"] == "quantile"
-    assert parse_args(base + ["--method", "paper", "--beta1", "auto"]).params["beta1"] == "auto"
+    assert parse_args(base + ["--intensity-model", "quantile"]).overrides == {
+        "selection": "quantile"}
+    assert parse_args(base + ["--method", "paper", "--beta1", "auto"]).overrides == {
+        "auto_beta1": True}
     assert opts.mem_gb == 4.0 and opts.verbose == 2
     assert opts.skip_bids_validation and opts.stop_on_first_crash and opts.write_graph
 

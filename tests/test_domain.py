@@ -1,25 +1,20 @@
 """Out-of-domain flag on real data: the shipped prior, a held-out IXI-HH fixture subject."""
 
-import nibabel as nb
 import numpy as np
 import pytest
 
-from bids_app.flow.bundle import load_bundle
 from bids_app.harmonize.domain import calibrate_domain, image_latent_norm, out_of_domain
 from bids_app.harmonize.volume import harmonize_volume
-from bids_app.preprocess.registration import register_affine, resample_to_grid
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return load_bundle()
+def bundle(lib_shipped_bundle):
+    return lib_shipped_bundle
 
 
 @pytest.fixture(scope="module")
-def volume(bundle, lib_t1w_path):
-    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
-    matrix = register_affine(img, bundle.reference, num_threads=1)
-    return np.asarray(resample_to_grid(img, bundle.reference, matrix), dtype=np.float32)
+def volume(lib_reference_volume):
+    return lib_reference_volume
 
 
 def _inverted(volume):

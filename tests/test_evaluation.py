@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from bids_app.evaluation.metrics import slice_scores, summarize
-from bids_app.evaluation.shifts import ALL_SHIFTS, SHIFTS, apply_shift, bias_field
+from bids_app.evaluation.shifts import ALL_SHIFTS, EXTRA_SHIFTS, SHIFTS, apply_shift, bias_field
 
 
 def _head(shape=(24, 28, 10), seed=0):
@@ -136,3 +136,117 @@ def test_striping_sees_slice_wise_gain_changes(lib_bids_dir):
     assert striping(striped, mask) > base + 3.0
     with pytest.raises(ValueError, match="shapes differ"):
         striping(clean[:, :, :-1], mask)
+
+
+# ---------------------------------------------------------------------------------------
+# The quality benchmark's extra shifts, on a real fixture image
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fixture_t1w(lib_t1w_path):
+    import nibabel as nb
+
+    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
+    return img.get_fdata(dtype=np.float32), img.header.get_zooms()[:3]
+
+
+MONOTONE_EXTRA = ["sigmoid", "gmwm0.5", "gmwm1.5"]
+
+
+def _extra(volume, zooms, name, seed=0):
+    return apply_shift(volume, name, seed=seed, voxel_size=zooms).astype(np.float64)
+
+
+@pytest.mark.parametrize("name", EXTRA_SHIFTS)
+def test_extra_shifts_change_the_image_keep_its_range_and_background(fixture_t1w, name):
+    from scipy.ndimage import maximum_filter
+
+    volume, zooms = fixture_t1w
+    out = _extra(volume, zooms, name)
+    base = apply_shift(volume, "identity").astype(np.float64)
+    assert out.shape == volume.shape
+    assert out.min() == pytest.approx(0.0, abs=1e-6) and out.max() == pytest.approx(1.0)
+    # the background far from the head (nothing but zeros within 5 voxels) stays 0
+    far = maximum_filter(base, size=11) == 0
+    assert far.mean() > 0.05 and out[far].max() == 0.0
+    assert out[base == 0].mean() < 1e-3  # and the rest of it nearly so (the blur's edge)
+    # a real change of the image: the per-slice scores say so
+    assert summarize(out, base)["psnr"] < 45.0
+
+
+@pytest.mark.parametrize("name", MONOTONE_EXTRA)
+def test_extra_contrast_shifts_are_monotone(fixture_t1w, name):
+    volume, zooms = fixture_t1w
+    out = _extra(volume, zooms, name).ravel()
+    base = apply_shift(volume, "identity").astype(np.float64).ravel()
+    order = np.argsort(base, kind="stable")
+    steps = np.diff(out[order])
+    assert np.all(steps >= -1e-6)  # rank preserving
+    # a voxel-wise map: equal intensities stay equal
+    same = np.diff(base[order]) == 0
+    assert np.abs(steps[same]).max() < 1e-6
+
+
+def test_grey_white_matter_shifts_compress_and_expand_its_contrast(fixture_t1w):
+    from bids_app.evaluation.metrics import white_matter_mask
+    from bids_app.evaluation.shifts import GM_WM
+
+    volume, zooms = fixture_t1w
+    base = apply_shift(volume, "identity").astype(np.float64)
+    wm = white_matter_mask(volume)
+    grey = (base > GM_WM[0]) & (base < 0.5 * sum(GM_WM)) & ~wm
+
+    def contrast(x):
+        return x[wm].mean() - x[grey].mean()
+
+    assert contrast(_extra(volume, zooms, "gmwm0.5")) < 0.7 * contrast(base)
+    assert contrast(_extra(volume, zooms, "gmwm1.5")) > 1.3 * contrast(base)
+    assert contrast(_extra(volume, zooms, "sigmoid")) > 1.3 * contrast(base)
+
+
+def test_the_b1_like_field_is_spatial_not_an_intensity_map(fixture_t1w):
+    """``bias40`` is not monotone in the intensity: equal voxels come out unequal."""
+    volume, zooms = fixture_t1w
+    base = apply_shift(volume, "identity").astype(np.float64)
+    out = _extra(volume, zooms, "bias40")
+    head = base > 0.1
+    ratio = out[head] / base[head] * base.max() / out.max()
+    ratio /= np.median(ratio)
+    assert 0.55 < ratio.min() < 0.8 and 1.2 < ratio.max() < 1.5  # the +-40 % field
+    level = np.isclose(base, np.median(base[head]))
+    assert np.ptp(out[level]) > 0.05
+
+
+def test_the_blur_softens_edges_and_needs_the_voxel_size(fixture_t1w):
+    volume, zooms = fixture_t1w
+    base = apply_shift(volume, "identity").astype(np.float64) ** 0.8
+    out = _extra(volume, zooms, "blur+gamma0.8")
+    head = base > 0.1
+
+    def sharpness(x):  # mean step between neighbours, in units of the head's mean
+        return np.mean([np.abs(np.diff(x, axis=a)).mean() for a in range(3)]) / x[head].mean()
+
+    assert sharpness(out) < 0.98 * sharpness(base)  # mild: 0.75 voxel FWHM
+    with pytest.raises(ValueError, match="voxel size"):
+        apply_shift(volume, "blur+gamma0.8")
+
+
+@pytest.mark.parametrize("name", EXTRA_SHIFTS)
+def test_extra_shifts_are_deterministic_with_their_seed(fixture_t1w, name):
+    volume, zooms = fixture_t1w
+    a = _extra(volume, zooms, name, seed=4)
+    np.testing.assert_array_equal(a, _extra(volume, zooms, name, seed=4))
+    other = _extra(volume, zooms, name, seed=5)
+    if name == "bias40":
+        assert np.abs(a - other).max() > 0.01
+    else:  # the seed is the bias fields' only
+        np.testing.assert_array_equal(a, other)
+
+
+def test_existing_shifts_are_unchanged_by_the_extra_ones(fixture_t1w):
+    volume, _ = fixture_t1w
+    assert ALL_SHIFTS == ["identity", "exp", "log", "gamma0.7", "gamma1.5", "bias+gamma0.8"]
+    assert not set(ALL_SHIFTS) & set(EXTRA_SHIFTS)
+    base = apply_shift(volume, "identity").astype(np.float64)
+    np.testing.assert_allclose(apply_shift(volume, "gamma1.5"), base**1.5, atol=1e-6)

@@ -82,12 +82,13 @@ def test_skull_stripped_input_is_harmonized_in_the_brain(bundle, stripped):
     image, moved, _ = stripped
     out, result = harmonize_volume(resample_to_grid(image, bundle.reference, moved), bundle,
                                    progress=False)
-    metrics, params = result["metrics"], result["params"]
+    metrics, decision = result["metrics"], result["decision"]
     assert metrics["SkullStripped"] is True
-    assert params["selected"] in ("identity", "quantile")
-    assert params["fallback"] is False and metrics["OutOfDomain"] is False
+    assert decision["selected"] in ("identity", "quantile")
+    assert decision["fallback"] is False and metrics["OutOfDomain"] is False
     # the population of brain intensities is the yardstick: the map's distance is small
-    assert params["consistency"][params["selected"]] <= params["consistency_threshold"] * 2.5
+    assert (decision["consistency"][decision["selected"]]
+            <= decision["consistency_threshold"] * 2.5)
 
 
 def test_t2_like_input_is_flagged_and_left_unchanged(bundle, volume):
@@ -95,7 +96,8 @@ def test_t2_like_input_is_flagged_and_left_unchanged(bundle, volume):
     out, result = harmonize_volume(source, bundle, progress=False)
     assert result["metrics"]["OutOfDomain"] is True
     assert any("tissue order" in r for r in result["metrics"]["OutOfDomainReasons"])
-    assert result["params"]["fallback"] is True and result["params"]["selected"] == "identity"
+    assert result["decision"]["fallback"] is True
+    assert result["decision"]["selected"] == "identity"
     np.testing.assert_allclose(out, source, atol=1e-3 * source.max())
 
 

@@ -137,7 +137,8 @@ def test_gate_and_bias_correction(lib_flow_factory):
 
 
 def test_smooth_slice_maps_removes_alternating_gains_and_keeps_a_common_map():
-    from bids_app.harmonize.intensity import interp_extended, smooth_slice_maps
+    from bids_app.harmonize.intensity import smooth_slice_maps
+    from bids_app.preprocess.intensity_maps import interp_extended
 
     z, knots = 40, np.linspace(0, 1, 33)
     rng = np.random.default_rng(0)

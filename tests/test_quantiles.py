@@ -11,7 +11,7 @@ import pytest
 from bids_app.evaluation.metrics import summarize
 from bids_app.evaluation.shifts import apply_shift
 from bids_app.flow.bundle import load_bundle
-from bids_app.harmonize.intensity import apply_global_map
+from bids_app.preprocess.intensity_maps import apply_global_map
 from bids_app.harmonize.quantiles import (
     consistency,
     population_statistics,
@@ -19,7 +19,8 @@ from bids_app.harmonize.quantiles import (
     reference_mask,
     volume_quantiles,
 )
-from bids_app.harmonize.volume import harmonize_volume, select_map
+from bids_app.harmonize.selection import select_map
+from bids_app.harmonize.volume import harmonize_volume
 from bids_app.preprocess.registration import register_affine, resample_to_grid
 
 SUBJECTS = ("IXI052", "IXI094", "IXI146")
@@ -167,7 +168,7 @@ def test_flow_intensity_undoes_a_contrast_change_outside_the_power_family(volume
     u = clean / clean.max()
     shifted = (3 * u**2 - 2 * u**3) * 1000.0  # smoothstep: not a power of the source
     harmonized, result = harmonize_volume(shifted.astype(np.float32), bundle, progress=False)
-    assert result["params"]["selected"] == "quantile"
+    assert result["decision"]["selected"] == "quantile"
     before, after = summarize(shifted, clean), summarize(harmonized, clean)
     assert after["psnr"] > before["psnr"] + 8.0
     assert after["ssim"] > before["ssim"]
@@ -176,7 +177,7 @@ def test_flow_intensity_undoes_a_contrast_change_outside_the_power_family(volume
 def test_prior_veto(volumes, bundle):
     import torch
 
-    from bids_app.harmonize.volume import prior_veto
+    from bids_app.harmonize.selection import prior_veto
     from bids_app.preprocess.slices import normalize_slices, volume_to_slices
 
     clean = volumes["IXI052"].astype(np.float32)
@@ -198,7 +199,7 @@ def test_prior_veto(volumes, bundle):
 
 
 def test_veto_applies_only_to_a_nearly_consistent_prior_answer():
-    from bids_app.harmonize.volume import veto_applies
+    from bids_app.harmonize.selection import veto_applies
 
     threshold = 1.5
     # the prior's identity is a little off the population: its likelihood may decide

@@ -5,11 +5,14 @@ import numpy as np
 import pytest
 
 from bids_app.preprocess.image import load_t1w
+from bids_app.preprocess.intensity_maps import apply_global_map, apply_slice_map, interp_extended
 from bids_app.preprocess.native import to_native
+from bids_app.preprocess.registration import resample_to_grid
 from bids_app.preprocess.slices import (
     head_fraction,
     normalize_slices,
     reassemble,
+    scoring_slice_indices,
     slices_to_volume,
     volume_to_slices,
 )
@@ -85,6 +88,75 @@ def test_head_fraction():
     slices[0, 0, :2] = 0.5
     slices[1, 0, 0, 0] = 0.04
     np.testing.assert_allclose(head_fraction(slices), [0.5, 0.0])
+
+
+@pytest.fixture(scope="module")
+def reference_slices(native):
+    """The fixture resampled onto the reference grid, as normalized slices."""
+    grid = nb.Nifti1Image(np.zeros((96, 112, NZ), np.float32), GRID_AFFINE)
+    slices, _, _, valid = normalize_slices(resample_to_grid(native, grid, _matrix()))
+    return slices, valid
+
+
+def test_scoring_slices_hold_the_most_head(reference_slices):
+    slices, valid = reference_slices
+    chosen = scoring_slice_indices(slices, valid, 24)
+    assert len(chosen) == 24 and np.all(np.diff(chosen) > 0) and valid[chosen].all()
+    fraction = head_fraction(slices)
+    others = np.setdiff1d(np.nonzero(valid)[0], chosen)
+    assert fraction[chosen].min() >= fraction[others].max()
+    # the head's middle, not its ends: the chosen slices are contiguous here
+    assert chosen[-1] - chosen[0] == 23
+    # no more than the valid slices; invalid ones are never chosen
+    few = valid.copy()
+    few[np.nonzero(valid)[0][5:]] = False
+    assert list(scoring_slice_indices(slices, few, 24)) == list(np.nonzero(few)[0])
+
+
+def test_scoring_slices_match_harmonize_volume(reference_slices):
+    """The copy in preprocess behaves as :mod:`bids_app.harmonize.volume`'s."""
+    from bids_app.harmonize import volume
+
+    slices, valid = reference_slices
+    for n in (1, 4, 24, 200):
+        np.testing.assert_array_equal(scoring_slice_indices(slices, valid, n),
+                                      volume.scoring_slice_indices(slices, valid, n))
+
+
+def test_intensity_maps_extend_linearly_and_keep_order(native):
+    data = np.asanyarray(native.dataobj, dtype=np.float64)
+    identity = np.linspace(0.0, 1.0, 9)
+    np.testing.assert_allclose(apply_global_map(data, identity, data.max() / 2), data,
+                               rtol=1e-6)  # voxels above half the maximum lie beyond [0, 1]
+    gamma = np.linspace(0.0, 1.0, 33) ** 0.7
+    low, high = np.percentile(data, [20, 80])
+    mapped = apply_slice_map(data.ravel(), gamma, low, high)
+    order = np.argsort(data.ravel(), kind="stable")
+    assert np.all(np.diff(mapped[order]) >= -1e-9)  # monotone
+    inside = (data.ravel() >= low) & (data.ravel() <= high)
+    assert np.all(mapped[inside] >= low - 1e-9) and np.all(mapped[inside] <= high + 1e-9)
+    # beyond the slice's range the map goes on with its last segment's slope
+    above = np.array([high, high + 10.0, high + 20.0])
+    steps = np.diff(apply_slice_map(above, gamma, low, high))
+    assert steps[0] == pytest.approx(steps[1])
+    assert steps[0] / 10.0 == pytest.approx((gamma[-1] - gamma[-2]) * 32, rel=1e-9)
+    np.testing.assert_allclose(interp_extended([0.0, 1.0], gamma), [0.0, 1.0])
+
+
+def test_intensity_maps_match_harmonize_intensity(native):
+    """The copies in preprocess behave as :mod:`bids_app.harmonize.intensity`'s."""
+    from bids_app.harmonize import intensity
+
+    data = np.asanyarray(native.dataobj, dtype=np.float64)
+    values = np.sort(np.random.default_rng(2).uniform(0, 1, 17))
+    values[0], values[-1] = 0.0, 1.0
+    np.testing.assert_array_equal(apply_global_map(data, values, 0.8 * data.max()),
+                                  intensity.apply_global_map(data, values, 0.8 * data.max()))
+    np.testing.assert_array_equal(apply_slice_map(data, values, 50.0, 400.0),
+                                  intensity.apply_slice_map(data, values, 50.0, 400.0))
+    np.testing.assert_array_equal(interp_extended(data / data.max() * 1.4 - 0.2, values),
+                                  intensity.interp_extended(data / data.max() * 1.4 - 0.2,
+                                                            values))
 
 
 def _random_scales(seed=0):

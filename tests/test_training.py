@@ -1,5 +1,6 @@
 """Training: the loop learns, checkpoints and resumes; blindharmony-train end to end."""
 
+import json
 import math
 
 import numpy as np
@@ -8,7 +9,7 @@ import torch
 from scipy.ndimage import zoom
 
 from bids_app.cli import train as train_cli
-from bids_app.errors import EX_NO_MATCH, EX_NOINPUT
+from bids_app.errors import EX_NO_MATCH, EX_NOINPUT, NoMatchError
 from bids_app.flow.bundle import load_bundle
 from bids_app.flow.model import SliceFlow, dequantize, flow_config
 from bids_app.flow.training import TrainState, evaluate_bpd, make_optimizer, train_flow
@@ -129,6 +130,33 @@ def test_collect_and_split(lib_bids_dir):
     assert len(val) == 1 and len(train) == 1
     assert {s for s, _ in train}.isdisjoint({s for s, _ in val})
     assert train_cli.split_subjects(images[:1], 0.5, seed=0) == (images[:1], [])
+
+
+def test_selection_is_checked_as_the_app_checks_it(lib_bids_dir, tmp_path, capsys):
+    """Labels and --bids-filter-file go through bids_app.utils.bids: a bad label or filter
+    is a usage error (64), a missing filter file exit 66, an empty selection exit 18; all
+    before any registration."""
+    common = [str(lib_bids_dir), str(tmp_path / "p.pt"), "--nthreads", "1"]
+    assert train_cli.main(common + ["--participant-label", "IXI_052"]) == 64
+    assert "IXI_052" in capsys.readouterr().err
+    assert train_cli.main(common + ["--exclude-label", "sub-IXI052", "IXI094", "IXI146"]) == 18
+    filters = tmp_path / "filters.json"
+    assert train_cli.main(common + ["--bids-filter-file", str(filters)]) == EX_NOINPUT
+    filters.write_text(json.dumps({"t1w": {"sesion": "1"}}))
+    assert train_cli.main(common + ["--bids-filter-file", str(filters)]) == 64
+    assert "unknown BIDS entity 'sesion'" in capsys.readouterr().err
+    filters.write_text(json.dumps({"t1w": {"session": "9"}}))
+    assert train_cli.main(common + ["--bids-filter-file", str(filters)]) == EX_NO_MATCH
+    assert not (tmp_path / "p.pt").exists() and not (tmp_path / "p_slices.npz").exists()
+
+
+def test_collect_images_with_filters(lib_bids_dir, tmp_path):
+    """``filters`` are the t1w query's (``null``: files without the entity)."""
+    everything = train_cli.collect_images(lib_bids_dir)
+    assert [s for s, _ in everything] == ["IXI052", "IXI094", "IXI146"]
+    assert train_cli.collect_images(lib_bids_dir, filters={"run": None}) == everything
+    with pytest.raises(NoMatchError):
+        train_cli.collect_images(lib_bids_dir, filters={"acquisition": "fast"})
 
 
 def _params(state_dict):

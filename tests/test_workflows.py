@@ -62,7 +62,7 @@ def test_each_t1w_gets_its_own_workflow(skeleton_files, tmp_path, monkeypatch):
         "single_subject_02_wf.t1w_ses_1_wf",
     }
     for wf in per_t1w:
-        for node in ("load_t1w", "register", "to_reference", "harmonize", "to_native",
+        for node in ("load_t1w", "register_wf.register", "to_reference", "harmonize", "to_native",
                      "ds_t1w_wf.ds_t1w", "ds_t1w_wf.ds_std_t1w", "ds_t1w_wf.ds_t1w2std_xfm"):
             assert f"{prefix}{wf}.{node}" in names
     # 8 per T1w + 3 per subject (prior_reference, merge_t1w, ds_report_wf.ds_report),
@@ -86,8 +86,8 @@ def test_flirt_engine(skeleton_files, tmp_path, monkeypatch):
         space="MNIColin27", resolution=2.0, registration_engine="auto", name="t1w_wf",
     )
     names = {n.fullname for n in workflow._create_flat_graph().nodes()}
-    assert {"t1w_wf.register", "t1w_wf.fsl_to_itk"} <= names
-    assert type(workflow.get_node("register").interface).__name__ == "FLIRT"
+    assert {"t1w_wf.register_wf.register", "t1w_wf.register_wf.fsl_to_itk"} <= names
+    assert type(workflow.get_node("register_wf.register").interface).__name__ == "FLIRT"
 
 
 def test_simpleitk_engine(tmp_path, monkeypatch):
@@ -97,10 +97,10 @@ def test_simpleitk_engine(tmp_path, monkeypatch):
         space="MNIColin27", resolution=2.0, registration_engine="simpleitk",
         omp_nthreads=3, name="t1w_wf",
     )
-    register = workflow.get_node("register")
+    register = workflow.get_node("register_wf.register")
     assert type(register.interface).__name__ == "RegisterAffine"
     assert register.interface.inputs.num_threads == 3 and register.n_procs == 3
-    assert workflow.get_node("fsl_to_itk") is None
+    assert workflow.get_node("register_wf.fsl_to_itk") is None
 
 
 def test_build_workflow_from_cli(bids_skeleton, skeleton_files, tmp_path):
@@ -115,11 +115,25 @@ def test_build_workflow_from_cli(bids_skeleton, skeleton_files, tmp_path):
     assert workflow.name == "blindharmony_wf" and workflow.base_dir == str(tmp_path / "work")
     harmonize = workflow.get_node("single_subject_02_wf").get_node("t1w_ses_1_wf") \
         .get_node("harmonize")
-    assert harmonize.inputs.params == {"alpha": 0.5, "beta1": "auto"}
+    assert harmonize.inputs.params == {"alpha": 0.5, "auto_beta1": True}
     assert harmonize.inputs.method == "paper" and harmonize.inputs.prior_path == str(prior)
     for subject in ("01", "02"):
         reference = workflow.get_node(f"single_subject_{subject}_wf").get_node("prior_reference")
         assert reference.inputs.prior_path == str(prior)
+
+
+def test_the_priors_recorded_method_is_the_default(bids_skeleton, skeleton_files, tmp_path):
+    base = [str(bids_skeleton), str(tmp_path / "out"), "participant", "-w",
+            str(tmp_path / "work"), "--beta1", "auto"]
+    paper_prior = PriorInfo(**{**PRIOR.__dict__, "method": "paper"})
+    for argv, prior, method, params in (
+            (base, paper_prior, "paper", {"auto_beta1": True}),
+            (base, PRIOR, "flow-intensity", {}),
+            (base + ["--method", "flow-intensity"], paper_prior, "flow-intensity", {})):
+        workflow = build_workflow(parse_args(argv), skeleton_files, prior=prior, device="cpu")
+        harmonize = workflow.get_node("single_subject_02_wf").get_node("t1w_ses_1_wf") \
+            .get_node("harmonize")
+        assert harmonize.inputs.method == method and harmonize.inputs.params == params
 
 
 def test_hyperparameters_ignored_for_flow_intensity(bids_skeleton, tmp_path, caplog):
@@ -127,7 +141,7 @@ def test_hyperparameters_ignored_for_flow_intensity(bids_skeleton, tmp_path, cap
 
     opts = parse_args([str(bids_skeleton), str(tmp_path / "out"), "participant",
                        "-w", str(tmp_path / "work"), "--beta1", "3"])
-    assert cli_overrides(opts) == {}
+    assert cli_overrides(opts, "flow-intensity") == {}
     assert "--beta1" in caplog.text
 
 
@@ -136,10 +150,11 @@ def test_intensity_model_belongs_to_flow_intensity(bids_skeleton, tmp_path, capl
 
     base = [str(bids_skeleton), str(tmp_path / "out"), "participant", "-w",
             str(tmp_path / "work"), "--intensity-model", "quantile", "--beta1", "3"]
-    assert cli_overrides(parse_args(base)) == {"selection": "quantile"}
+    assert cli_overrides(parse_args(base), "flow-intensity") == {"selection": "quantile"}
     assert "--beta1 ignored with --method flow-intensity" in caplog.text
     caplog.clear()
-    assert cli_overrides(parse_args(base + ["--method", "paper"])) == {"beta1": 3.0}
+    assert cli_overrides(parse_args(base + ["--method", "paper"]), "paper") == {
+        "beta1": 3.0, "auto_beta1": False}
     assert "--intensity-model ignored with --method paper" in caplog.text
 
 

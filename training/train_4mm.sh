@@ -4,6 +4,7 @@
 #   WORK   folder of the bundles, checkpoints and the registered-slice cache (/work/train)
 #   DATA   the IXI-HH BIDS dataset (../shared/data/ixi-hh)
 #   STEPS  length of the cosine schedule (3000); ROUNDS  pairs of runs (8)
+#   KINDS  which priors to train ("target agnostic"; "target" for the target prior alone)
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 WORK=${WORK:-/work/train}
@@ -15,7 +16,7 @@ COMMON="--exclude-label $EX --validation-fraction 0.08 --seed 0 --preset cpu-4mm
  --steps ${STEPS:-3000} --batch-size 32 --nthreads 1 --max-minutes 15 --mask-augmentation 0.2
  -w $WORK"
 for round in $(seq 1 "${ROUNDS:-8}"); do
-  for kind in target agnostic; do
+  for kind in ${KINDS:-target agnostic}; do
     extra=""; [[ $kind == agnostic ]] && extra="--contrast-augmentation"
     resume=""; [[ -f ixihh_4mm_$kind.pt.ckpt ]] && resume="--resume"
     # one registered-slice cache for both (the same images)

@@ -17,10 +17,9 @@ from pathlib import Path
 
 from ..__about__ import __packagename__, __version__
 from ..errors import MissingInputError, UsageError
-from ..harmonize.defaults import SELECTIONS
+from ..harmonize.methods import METHODS, SELECTIONS
 from ..utils.bids import check_bids_dir, check_participants, load_bids_filters, strip_label
 
-METHODS = ("flow-intensity", "paper")
 DEVICES = ("auto", "cpu", "cuda")
 ENGINES = ("auto", "simpleitk", "flirt")
 
@@ -167,7 +166,10 @@ def get_parser():
     )
     g_model.add_argument("--device", choices=DEVICES, default="auto", help="torch device")
     g_model.add_argument(
-        "--method", choices=METHODS, default="flow-intensity", help="harmonization method"
+        "--method", choices=tuple(METHODS), default=None,
+        help="harmonization method (default: the one the prior records, flow-intensity "
+        "for the shipped prior): "
+        + "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items()),
     )
     g_model.add_argument(
         "--alpha", type=_nonnegative_float, help="prior weight (default: from the prior)"
@@ -256,29 +258,31 @@ class Options:
     plugin: dict | None = None
     prior: Path | None = None
     device: str = "auto"
-    method: str = "flow-intensity"
-    alpha: float | None = None
-    beta1: float | str | None = None
-    beta2: float | None = None
-    iterations: int | None = None
-    slice_smoothing: float | None = None
-    intensity_model: str | None = None
+    method: str | None = None
+    overrides: dict = field(default_factory=dict)
     registration_engine: str = "auto"
     verbose: int = 0
     write_graph: bool = False
     stop_on_first_crash: bool = False
 
-    @property
-    def params(self):
-        """Hyperparameters given on the command line (``None`` = the prior's default)."""
-        return {
-            "alpha": self.alpha,
-            "beta1": self.beta1,
-            "beta2": self.beta2,
-            "iterations": self.iterations,
-            "slice_sigma": self.slice_smoothing,
-            "selection": self.intensity_model,
-        }
+
+#: Command-line flags of the methods' parameters (``dest`` -> the parameter's name).
+PARAMETER_FLAGS = {"alpha": "--alpha", "beta1": "--beta1", "auto_beta1": "--beta1",
+                   "beta2": "--beta2", "iterations": "--iterations",
+                   "slice_sigma": "--slice-smoothing", "selection": "--intensity-model"}
+
+
+def _overrides(ns):
+    """The methods' parameters given on the command line, typed (``--beta1 auto`` is the
+    ``auto_beta1`` switch); parameters not given are absent."""
+    given = {"alpha": ns.alpha, "beta2": ns.beta2, "iterations": ns.iterations,
+             "slice_sigma": ns.slice_smoothing, "selection": ns.intensity_model}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if ns.beta1 == "auto":
+        overrides["auto_beta1"] = True  # the candidates are factors of the prior's beta1
+    elif ns.beta1 is not None:
+        overrides.update(beta1=ns.beta1, auto_beta1=False)  # a beta1 given is a beta1 fixed
+    return overrides
 
 
 def _cpu_count():
@@ -309,24 +313,8 @@ def _load_plugin(path):
     return {"plugin": plugin["plugin"], "plugin_args": args}
 
 
-def parse_args(argv=None):
-    """Parse and check the command line; return :class:`Options`.
-
-    Raises
-    ------
-    UsageError (64)
-        Bad option values; output folder equal to (or inside, but not under
-        ``derivatives/`` of) the BIDS folder; work folder inside the BIDS or output
-        folder; filter or plugin files that do not parse; ``flirt`` requested but not
-        installed; more threads per process than processes.
-    MissingInputError (66)
-        ``bids_dir``, the prior, a filter or plugin file does not exist; a requested
-        participant is not in the dataset.
-    InputDataError (65)
-        ``bids_dir`` is not a BIDS dataset (no ``dataset_description.json``).
-    """
-    ns = get_parser().parse_args(argv)
-
+def _check_folders(ns):
+    """``(bids_dir, output_dir, work_dir)``, absolute, once checked against each other."""
     bids_dir = check_bids_dir(ns.bids_dir)
     output_dir = ns.output_dir.absolute()
     if output_dir == bids_dir:
@@ -354,7 +342,11 @@ def parse_args(argv=None):
             f"the work folder {work_dir} is inside output_dir; choose another with "
             "-w/--work-dir"
         )
+    return bids_dir, output_dir, work_dir
 
+
+def _labels(ns, bids_dir):
+    """``(participant_label, session_label)``: sorted, unique, prefix-free, or None."""
     participant_label = (
         sorted(dict.fromkeys(strip_label(s, "sub-") for s in ns.participant_label))
         if ns.participant_label
@@ -367,14 +359,21 @@ def parse_args(argv=None):
         if ns.session_label
         else None
     )
-    bids_filters = load_bids_filters(ns.bids_filter_file) if ns.bids_filter_file else {}
+    return participant_label, session_label
 
-    prior = None
-    if ns.prior is not None:
-        prior = ns.prior.absolute()
-        if not prior.exists():
-            raise MissingInputError(f"prior bundle not found: {prior}")
 
+def _prior(ns):
+    """The prior bundle's absolute path (which must exist), or None for the default."""
+    if ns.prior is None:
+        return None
+    prior = ns.prior.absolute()
+    if not prior.exists():
+        raise MissingInputError(f"prior bundle not found: {prior}")
+    return prior
+
+
+def _resources(ns):
+    """``(nprocs, omp_nthreads, plugin)``: processes, threads per process, plugin settings."""
     nprocs = ns.nprocs or _cpu_count()
     omp_nthreads = ns.omp_nthreads or min(nprocs, 8)
     if omp_nthreads > nprocs:
@@ -382,12 +381,41 @@ def parse_args(argv=None):
             f"--omp-nthreads ({omp_nthreads}) cannot exceed --nprocs ({nprocs})"
         )
     plugin = _load_plugin(ns.use_plugin.absolute()) if ns.use_plugin else None
+    return nprocs, omp_nthreads, plugin
 
+
+def _check_engine(ns):
+    """Refuse ``--registration-engine flirt`` when FSL's flirt is not installed."""
     if ns.registration_engine == "flirt" and shutil.which("flirt") is None:
         raise UsageError(
             "--registration-engine flirt: FSL's flirt is not on the PATH "
             "(use 'simpleitk' or 'auto')"
         )
+
+
+def parse_args(argv=None):
+    """Parse and check the command line; return :class:`Options`.
+
+    Raises
+    ------
+    UsageError (64)
+        Bad option values; output folder equal to (or inside, but not under
+        ``derivatives/`` of) the BIDS folder; work folder inside the BIDS or output
+        folder; filter or plugin files that do not parse; ``flirt`` requested but not
+        installed; more threads per process than processes.
+    MissingInputError (66)
+        ``bids_dir``, the prior, a filter or plugin file does not exist; a requested
+        participant is not in the dataset.
+    InputDataError (65)
+        ``bids_dir`` is not a BIDS dataset (no ``dataset_description.json``).
+    """
+    ns = get_parser().parse_args(argv)
+    bids_dir, output_dir, work_dir = _check_folders(ns)
+    participant_label, session_label = _labels(ns, bids_dir)
+    bids_filters = load_bids_filters(ns.bids_filter_file) if ns.bids_filter_file else {}
+    prior = _prior(ns)
+    nprocs, omp_nthreads, plugin = _resources(ns)
+    _check_engine(ns)
 
     return Options(
         bids_dir=bids_dir,
@@ -405,12 +433,7 @@ def parse_args(argv=None):
         prior=prior,
         device=ns.device,
         method=ns.method,
-        alpha=ns.alpha,
-        beta1=ns.beta1,
-        beta2=ns.beta2,
-        iterations=ns.iterations,
-        slice_smoothing=ns.slice_smoothing,
-        intensity_model=ns.intensity_model,
+        overrides=_overrides(ns),
         registration_engine=ns.registration_engine,
         verbose=ns.verbose,
         write_graph=ns.write_graph,

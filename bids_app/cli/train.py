@@ -8,12 +8,14 @@ import os
 import sys
 import time
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 from ..__about__ import __version__
 from ..errors import BlindHarmonyError, MissingInputError, NoMatchError, UsageError
-
-DEFAULT_TEMPLATE = "tpl-MNIColin27_res-2_T1w.nii.gz"
+from ..utils.bids import collect_t1w, list_participants, load_bids_filters, strip_label
+from ..utils.templates import template_path
 
 
 def get_parser():
@@ -81,32 +83,50 @@ def get_parser():
     return parser
 
 
-def _labels(values):
-    return [v[4:] if v.startswith("sub-") else v for v in (values or [])]
-
-
 def collect_images(bids_dir, *, participant_label=None, exclude=(), filters=None):
-    """``[(subject, path), ...]`` of the T1w images to train on (every run and session)."""
-    from bids import BIDSLayout
+    """``[(subject, path), ...]`` of the T1w images to train on (every run and session).
 
+    :func:`bids_app.utils.bids.collect_t1w` on the selected participants less ``exclude``.
+
+    Parameters
+    ----------
+    bids_dir : path
+        The target-domain BIDS dataset.
+    participant_label : list of str or None
+        Participants (``sub-`` optional); ``None`` selects every participant.
+    exclude : list of str
+        Participants left out (``sub-`` optional).
+    filters : dict or None
+        Entity filters of the ``t1w`` query (:func:`bids_app.utils.bids.load_bids_filters`).
+
+    Returns
+    -------
+    list of (str, str)
+        Sorted ``(subject, absolute path)`` pairs.
+
+    Raises
+    ------
+    MissingInputError
+        ``bids_dir`` is not a BIDS dataset (exit 66).
+    NoMatchError
+        A requested participant is absent, or no image is left (exit 18).
+    UsageError
+        A label is not alphanumeric (exit 64).
+    """
+    bids_dir = Path(bids_dir)
     if not (bids_dir / "dataset_description.json").is_file():
         raise MissingInputError(f"{bids_dir}: not a BIDS dataset (no dataset_description.json)")
-    layout = BIDSLayout(str(bids_dir), validate=False)
-    query = {"suffix": "T1w", "extension": [".nii", ".nii.gz"], "datatype": "anat"}
-    query.update(filters or {})
-    subjects = layout.get_subjects()
-    wanted = _labels(participant_label) or subjects
-    missing = sorted(set(wanted) - set(subjects))
+    present = list_participants(bids_dir)
+    wanted = [strip_label(v, "sub-") for v in participant_label or []] or present
+    missing = sorted(set(wanted) - set(present))
     if missing:
         raise NoMatchError(f"{bids_dir}: no such participant(s): {', '.join(missing)}")
-    exclude = set(_labels(exclude))
-    images = [
-        (f.entities["subject"], f.path)
-        for f in layout.get(subject=[s for s in wanted if s not in exclude], **query)
-    ]
-    if not images:
+    excluded = {strip_label(v, "sub-") for v in exclude or []}
+    selected = [s for s in wanted if s not in excluded]
+    if not selected:
         raise NoMatchError(f"{bids_dir}: no T1w image matched the selection")
-    return sorted(images)
+    found = collect_t1w(bids_dir, participant_label=selected, bids_filters=filters)
+    return sorted((subject, path) for subject, paths in found.items() for path in paths)
 
 
 def split_subjects(images, fraction, seed):
@@ -122,7 +142,11 @@ def split_subjects(images, fraction, seed):
 
 
 def _cache_labels(images, reference):
-    """What the slice cache depends on: each image (path, size, mtime) and the reference."""
+    """What the slice cache depends on: each image's content and the reference.
+
+    Contents, not paths or modification times: a dataset copied or mounted anew (another
+    machine, another session) keeps its cache.
+    """
     import hashlib
 
     import numpy as np
@@ -130,8 +154,8 @@ def _cache_labels(images, reference):
     ref = hashlib.sha256(np.asarray(reference.dataobj).tobytes() + reference.affine.tobytes())
     labels = [f"reference:{ref.hexdigest()}"]
     for subject, path in images:
-        stat = Path(path).stat()
-        labels.append(f"{subject}:{path}:{stat.st_size}:{int(stat.st_mtime)}")
+        digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        labels.append(f"{subject}:{digest}")
     return labels
 
 
@@ -179,20 +203,70 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
 
 def train(opts):
     """Run training as described by the parsed options; return the bundle path."""
-    import nibabel as nb
-    import numpy as np
+    from ..flow.training import train_flow
+
+    device, filters = _check_options(opts)
+    ref_path, reference = _load_reference(opts.reference)
+    images = collect_images(opts.bids_dir, participant_label=opts.participant_label,
+                            exclude=opts.exclude_label, filters=filters)
+    train_images, val_images = split_subjects(images, opts.validation_fraction, opts.seed)
+    val_subjects = {s for s, _ in val_images}
+    bundle_path = opts.output_bundle
+    ckpt_path = bundle_path.with_name(bundle_path.name + ".ckpt")
+    work = opts.work_dir or bundle_path.parent
+    data = _prepare_data(opts, images, reference, work / f"{bundle_path.stem}_slices.npz")
+    slices = _split_slices(opts, data, val_subjects, reference)
+    print(f"{len(train_images)} training images ({len(slices.train)} slices), "
+          f"{len(val_images)} validation images ({len(slices.val)} slices); device {device}",
+          file=sys.stderr)
+    flow, config, optimizer, scheduler, state = _make_flow(
+        opts, ckpt_path, tuple(s // opts.downsample for s in reference.shape[:2]), device)
+    prior = _prior_images(opts, data, slices.train_idx, val_subjects, reference)
+    record = partial(_training_record, opts, subjects=(train_images, val_subjects),
+                     slices=slices, flow=flow, config=config, device=device)
+    on_best = _bundle_writer(opts, bundle_path, record, prior=prior, reference=reference,
+                             ref_path=ref_path)
+    on_checkpoint = _checkpoint_writer(ckpt_path, config)
+    calibrate = not opts.contrast_augmentation
+    if opts.recalibrate:
+        if not calibrate:
+            raise UsageError("--recalibrate measures a target prior; a "
+                             "--contrast-augmentation companion has no calibration of its "
+                             "own")
+        calibrate_bundle(bundle_path, prior.val_volumes, train_volumes=prior.volumes,
+                         device=device)
+        return bundle_path
+
+    started = time.time()
+    state = train_flow(
+        flow, slices.train, slices.val, steps=opts.steps, batch_size=opts.batch_size,
+        lr=opts.lr, seed=opts.seed, optimizer=optimizer, scheduler=scheduler, state=state,
+        validate_every=opts.validate_every, checkpoint_every=opts.checkpoint_every,
+        on_checkpoint=on_checkpoint, on_best=on_best, flip=not opts.no_flip,
+        max_seconds=None if opts.max_minutes is None else opts.max_minutes * 60,
+        augment=slices.augment,
+    )
+    if calibrate and state.step >= opts.steps:
+        # once, when the schedule is done (a run cut by --max-minutes goes on with --resume)
+        calibrate_bundle(bundle_path, prior.val_volumes, train_volumes=prior.volumes,
+                         device=device)
+    elif calibrate:
+        print(f"Stopped at step {state.step} of {opts.steps}: the bundle is calibrated when "
+              "the schedule is done (--resume), or now with --recalibrate", file=sys.stderr)
+    print(f"Best validation {state.best_bpd:.4f} bits/dim at step {state.best_step}; "
+          f"{state.step} steps in {time.time() - started:.0f} s; bundle: {bundle_path}",
+          file=sys.stderr)
+    return bundle_path
+
+
+def _check_options(opts):
+    """Check the options, set the thread count; return ``(device, t1w filters)``."""
     import torch
 
-    from ..flow.bundle import PriorBundle
-    from ..flow.data import MIN_HEAD_FRACTION, mean_slices
-    from ..flow.model import QUANT_LEVELS, SliceFlow, count_parameters, flow_config
-    from ..flow.augment import random_contrast
-    from ..flow.training import TrainState, make_optimizer, select_device, train_flow
-    from ..preprocess.slices import downsample_slices
+    from ..flow.training import select_device
 
-    nthreads = opts.nthreads or os.cpu_count() or 1
-    opts.nthreads = nthreads
-    torch.set_num_threads(nthreads)
+    opts.nthreads = opts.nthreads or os.cpu_count() or 1
+    torch.set_num_threads(opts.nthreads)
     device = select_device(opts.device)
     if not opts.bids_dir.is_dir():
         raise MissingInputError(f"{opts.bids_dir}: no such directory")
@@ -200,25 +274,27 @@ def train(opts):
         raise UsageError("--steps and --batch-size must be positive")
     if not 0 <= opts.validation_fraction < 1:
         raise UsageError("--validation-fraction must be in [0, 1)")
-    filters = None
-    if opts.bids_filter_file:
-        try:
-            filters = json.loads(opts.bids_filter_file.read_text()).get("t1w", {})
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{opts.bids_filter_file}: cannot read filters ({exc})") from None
+    filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else None
+    return device, filters
 
-    from importlib import resources
 
-    ref_path = opts.reference or Path(str(resources.files("bids_app") / "data" / DEFAULT_TEMPLATE))
-    reference = nb.as_closest_canonical(nb.load(str(ref_path)))
-    images = collect_images(opts.bids_dir, participant_label=opts.participant_label,
-                            exclude=opts.exclude_label, filters=filters)
-    train_images, val_images = split_subjects(images, opts.validation_fraction, opts.seed)
-    bundle_path = opts.output_bundle
-    ckpt_path = bundle_path.with_name(bundle_path.name + ".ckpt")
-    work = opts.work_dir or bundle_path.parent
-    data = _prepare_data(opts, images, reference, work / f"{bundle_path.stem}_slices.npz")
-    val_subjects = {s for s, _ in val_images}
+def _load_reference(path=None):
+    """``(path, RAS image)`` of the registration template (default: the shipped one)."""
+    import nibabel as nb
+
+    path = path or template_path("T1w")
+    return path, nb.as_closest_canonical(nb.load(str(path)))
+
+
+def _split_slices(opts, data, val_subjects, reference):
+    """Training and validation slices (downsampled, augmented as asked), the training
+    slices' indices in ``data`` and the batches' augmentation: ``.train``, ``.val``,
+    ``.train_idx``, ``.augment``."""
+    import numpy as np
+
+    from ..flow.augment import random_contrast
+    from ..preprocess.slices import downsample_slices
+
     is_val = np.array([data.subjects[i] in val_subjects for i in data.subject])
     train_slices = data.slices[~is_val]
     val_slices = data.slices[is_val] if is_val.any() else data.slices[:0]
@@ -231,11 +307,18 @@ def train(opts):
     if opts.contrast_augmentation:
         val_slices = random_contrast(val_slices, np.random.default_rng(opts.seed + 1))
     augment = _augmentation(opts, data.position[train_idx], factor, tuple(reference.shape))
-    print(f"{len(train_images)} training images ({len(train_slices)} slices), "
-          f"{len(val_images)} validation images ({len(val_slices)} slices); device {device}",
-          file=sys.stderr)
+    return SimpleNamespace(train=train_slices, val=val_slices, train_idx=train_idx,
+                           augment=augment)
 
-    shape = tuple(s // factor for s in reference.shape[:2])
+
+def _make_flow(opts, ckpt_path, shape, device):
+    """A new flow, or the checkpoint's with ``--resume``: ``(flow, config, optimizer,
+    scheduler, state)``."""
+    import torch
+
+    from ..flow.model import SliceFlow, flow_config
+    from ..flow.training import TrainState, make_optimizer
+
     if opts.resume:
         if not ckpt_path.is_file():
             raise MissingInputError(f"{ckpt_path}: no checkpoint to resume from")
@@ -255,45 +338,78 @@ def train(opts):
         state = TrainState(**ckpt["train_state"])
         print(f"Resuming at step {state.step} (best validation {state.best_bpd:.4f} bits/dim)",
               file=sys.stderr)
+    return flow, config, optimizer, scheduler, state
+
+
+def _prior_images(opts, data, train_idx, val_subjects, reference):
+    """What the bundle carries besides the flow: ``.template`` (the training images' mean,
+    the bundle's reference), ``.x0`` (mean slices) and the ``.volumes`` / ``.val_volumes``
+    that calibrate it."""
+    import numpy as np
+
+    from ..flow.data import mean_slices
+    from ..preprocess.slices import downsample_slices
 
     volumes = data.volumes[[i for i, s in enumerate(data.subjects) if s not in val_subjects]]
-    template = volumes.mean(axis=0) * 1000.0
     x0 = mean_slices(
         type(data)(slices=data.slices[train_idx], subject=data.subject[train_idx],
                    position=data.position[train_idx], subjects=data.subjects, volumes=None),
         reference.shape[2], tuple(reference.shape[:2]),
     )
+    factor = opts.downsample
     x0 = downsample_slices(x0, factor).astype(np.float64) if factor > 1 else x0
+    val_volumes = data.volumes[[i for i, s in enumerate(data.subjects) if s in val_subjects]]
+    if not len(val_volumes):
+        val_volumes = volumes[:1]
+    return SimpleNamespace(template=volumes.mean(axis=0) * 1000.0, x0=x0, volumes=volumes,
+                           val_volumes=val_volumes)
 
-    def describe(current):
-        return {
-            "dataset": str(opts.bids_dir.resolve().name),
-            "dataset_description": _dataset_name(opts.bids_dir),
-            "train_subjects": sorted({s for s, _ in train_images}),
-            "validation_subjects": sorted(val_subjects),
-            "n_train_slices": int(len(train_slices)),
-            "n_validation_slices": int(len(val_slices)),
-            "preset": config.get("preset"),
-            "parameters": count_parameters(flow),
-            "steps": current.step,
-            "planned_steps": opts.steps,
-            "batch_size": opts.batch_size,
-            "learning_rate": opts.lr,
-            "seed": opts.seed,
-            "flip_augmentation": not opts.no_flip,
-            "contrast_augmentation": bool(opts.contrast_augmentation),
-            "mask_augmentation": float(opts.mask_augmentation),
-            "device": str(device),
-            "threads": nthreads,
-            "wall_seconds": current.history[-1]["seconds"] if current.history
-            else round(current.seconds, 1),
-            "history": current.history,
-        }
+
+def _training_record(opts, current, *, subjects, slices, flow, config, device):
+    """The bundle's ``training`` record at the training state ``current``."""
+    from ..flow.model import count_parameters
+
+    train_images, val_subjects = subjects
+    return {
+        "dataset": str(opts.bids_dir.resolve().name),
+        "dataset_description": _dataset_name(opts.bids_dir),
+        "train_subjects": sorted({s for s, _ in train_images}),
+        "validation_subjects": sorted(val_subjects),
+        "n_train_slices": int(len(slices.train)),
+        "n_validation_slices": int(len(slices.val)),
+        "preset": config.get("preset"),
+        "parameters": count_parameters(flow),
+        "steps": current.step,
+        "planned_steps": opts.steps,
+        "batch_size": opts.batch_size,
+        "learning_rate": opts.lr,
+        "seed": opts.seed,
+        "flip_augmentation": not opts.no_flip,
+        "contrast_augmentation": bool(opts.contrast_augmentation),
+        "mask_augmentation": float(opts.mask_augmentation),
+        "device": str(device),
+        "threads": opts.nthreads,
+        "wall_seconds": current.history[-1]["seconds"] if current.history
+        else round(current.seconds, 1),
+        "history": current.history,
+    }
+
+
+def _bundle_writer(opts, bundle_path, record, *, prior, reference, ref_path):
+    """``on_best(model, state)``: write the prior bundle of the best model so far."""
+    import nibabel as nb
+    import numpy as np
+    import torch
+
+    from ..flow.bundle import PriorBundle
+    from ..flow.data import MIN_HEAD_FRACTION
+    from ..flow.model import QUANT_LEVELS
 
     def on_best(model, current):
         bundle = PriorBundle(
-            flow=model, reference=nb.Nifti1Image(template.astype(np.float32), reference.affine),
-            space=opts.space, x0=torch.from_numpy(x0),
+            flow=model,
+            reference=nb.Nifti1Image(prior.template.astype(np.float32), reference.affine),
+            space=opts.space, x0=torch.from_numpy(prior.x0),
             name=opts.name or bundle_path.stem,
             preprocessing={
                 "normalization": "slice-minmax",
@@ -303,9 +419,9 @@ def train(opts):
                 "interpolation": "trilinear",
                 "min_head_fraction": MIN_HEAD_FRACTION,
                 "registration_template": Path(ref_path).name,
-                "downsample": factor,
+                "downsample": opts.downsample,
             },
-            training=describe(current),
+            training=record(current),
             metrics={"val_bits_per_dim": round(current.best_bpd, 4),
                      "best_step": current.best_step},
             harmonization=_harmonization_defaults(bundle_path),
@@ -314,6 +430,13 @@ def train(opts):
         model.eval()
         bundle.save(bundle_path)
         model.train(was)
+
+    return on_best
+
+
+def _checkpoint_writer(ckpt_path, config):
+    """``on_checkpoint(model, optimizer, scheduler, state)``: write ``--resume``'s file."""
+    import torch
 
     def on_checkpoint(model, optim, sched, current):
         payload = {
@@ -327,33 +450,7 @@ def train(opts):
         torch.save(payload, tmp)
         tmp.replace(ckpt_path)
 
-    val_volumes = data.volumes[[i for i, s in enumerate(data.subjects) if s in val_subjects]]
-    if not len(val_volumes):
-        val_volumes = volumes[:1]
-    calibrate = factor == 1 and not opts.contrast_augmentation
-    if opts.recalibrate:
-        if not calibrate:
-            raise UsageError("--recalibrate measures the full-resolution target prior; "
-                             "a --downsample or --contrast-augmentation bundle has no "
-                             "calibration of its own")
-        calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
-        return bundle_path
-
-    started = time.time()
-    state = train_flow(
-        flow, train_slices, val_slices, steps=opts.steps, batch_size=opts.batch_size,
-        lr=opts.lr, seed=opts.seed, optimizer=optimizer, scheduler=scheduler, state=state,
-        validate_every=opts.validate_every, checkpoint_every=opts.checkpoint_every,
-        on_checkpoint=on_checkpoint, on_best=on_best, flip=not opts.no_flip,
-        max_seconds=None if opts.max_minutes is None else opts.max_minutes * 60,
-        augment=augment,
-    )
-    if calibrate:
-        calibrate_bundle(bundle_path, val_volumes, train_volumes=volumes, device=device)
-    print(f"Best validation {state.best_bpd:.4f} bits/dim at step {state.best_step}; "
-          f"{state.step} steps in {time.time() - started:.0f} s; bundle: {bundle_path}",
-          file=sys.stderr)
-    return bundle_path
+    return on_checkpoint
 
 
 def _augmentation(opts, positions, factor, grid):
@@ -420,14 +517,14 @@ def _dataset_name(bids_dir):
 
 def _harmonization_defaults(bundle_path):
     """Harmonization defaults recorded in a bundle (kept if the bundle already has them)."""
-    from ..harmonize.defaults import DEFAULTS
+    from ..harmonize.methods import default_record
 
     try:
         from ..flow.bundle import read_payload
 
-        return {**DEFAULTS, **read_payload(bundle_path).get("harmonization", {})}
+        return {**default_record(), **read_payload(bundle_path).get("harmonization", {})}
     except BlindHarmonyError:
-        return dict(DEFAULTS)
+        return default_record()
 
 
 def main(argv=None):

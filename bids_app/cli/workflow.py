@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..harmonize.methods import bundle_method
+
 LOGGER = logging.getLogger("blindharmony")
 
 
@@ -18,6 +20,7 @@ class PriorInfo:
     space: str
     resolution: float
     version: str | None = None
+    method: str = "flow-intensity"
 
     @classmethod
     def from_bundle(cls, bundle, path=None):
@@ -29,6 +32,7 @@ class PriorInfo:
             space=str(bundle.space),
             resolution=float(bundle.resolution),
             version=getattr(bundle, "software_version", None),
+            method=bundle_method(bundle),
         )
 
     def record(self):
@@ -47,31 +51,21 @@ def load_prior(path, *, device="cpu"):
     return PriorInfo.from_bundle(load_bundle(path, device=device), path)
 
 
-#: Command-line hyperparameters (``Options.params`` keys) and the method they belong to.
-METHOD_OF_PARAM = {"alpha": "paper", "beta1": "paper", "beta2": "paper",
-                   "iterations": "paper", "slice_sigma": "paper",
-                   "selection": "flow-intensity"}
-#: Their command-line flags, for messages.
-FLAG_OF_PARAM = {"selection": "--intensity-model", "slice_sigma": "--slice-smoothing"}
+def cli_overrides(opts, method):
+    """The parameters given on the command line that ``method`` has.
 
-
-def cli_overrides(opts):
-    """Hyperparameters given on the command line for ``opts.method``.
-
-    ``--alpha``, ``--beta1``, ``--beta2``, ``--iterations`` and ``--slice-smoothing`` belong
-    to ``--method paper``,
-    ``--intensity-model`` to ``--method flow-intensity``; with another method they are
-    ignored with a warning.
+    Each method has its own (:data:`~bids_app.harmonize.methods.METHODS`: ``--alpha``,
+    ``--beta1``, ``--beta2``, ``--iterations`` and ``--slice-smoothing`` are ``paper``'s,
+    ``--intensity-model`` is ``flow-intensity``'s); the others are ignored with a warning.
     """
-    given = {k: v for k, v in opts.params.items() if v is not None}
-    ignored = [k for k in given if METHOD_OF_PARAM.get(k, opts.method) != opts.method]
+    from ..harmonize.methods import get_method
+    from .parser import PARAMETER_FLAGS
+
+    options = get_method(method).options
+    ignored = sorted({PARAMETER_FLAGS.get(k, k) for k in opts.overrides if k not in options})
     if ignored:
-        LOGGER.warning(
-            "%s ignored with --method %s",
-            ", ".join(FLAG_OF_PARAM.get(k, f"--{k}") for k in ignored),
-            opts.method,
-        )
-    return {k: v for k, v in given.items() if k not in ignored}
+        LOGGER.warning("%s ignored with --method %s", ", ".join(ignored), method)
+    return {k: v for k, v in opts.overrides.items() if k in options}
 
 
 def resolve_device(device):
@@ -108,6 +102,7 @@ def build_workflow(opts, subject_files, *, prior=None, device=None):
         prior = load_prior(opts.prior)
     if device is None:
         device = resolve_device(opts.device)
+    method = opts.method or prior.method
     return init_blindharmony_wf(
         subject_files=subject_files,
         bids_dir=str(opts.bids_dir),
@@ -117,8 +112,8 @@ def build_workflow(opts, subject_files, *, prior=None, device=None):
         space=prior.space,
         resolution=prior.resolution,
         prior=prior.record(),
-        method=opts.method,
-        params=cli_overrides(opts),
+        method=method,
+        params=cli_overrides(opts, method),
         device=device,
         registration_engine=opts.registration_engine,
         omp_nthreads=opts.omp_nthreads,

@@ -2,12 +2,15 @@
 
 Histogram matching here is "to the target population": a monotone quantile map that sends
 the source image's foreground quantiles to the mean foreground quantiles of the target
-domain's training images (Nyul-style landmarks at every percentile).
+domain's training images (Nyul-style landmarks at every percentile); the map is the app's
+own (:func:`bids_app.harmonize.quantiles.quantile_map`).
 
 Also: Nyul & Udupa's standardization (:func:`nyul_train`, :func:`nyul_standardize`; needs
-the optional ``intensity-normalization`` package, the ``benchmarks`` extra) and SSIMH-style
-low-frequency replacement (:func:`low_frequency_replace` on one grid,
-:func:`low_frequency_harmonize` for a native image against the prior's template).
+the optional ``intensity-normalization`` package, the ``benchmarks`` extra), N4 bias-field
+correction (:func:`n4_correct`, SimpleITK's N4ITK; followed by Nyul it is the ``n4-nyul``
+baseline of the quality benchmark) and SSIMH-style low-frequency replacement
+(:func:`low_frequency_replace` on one grid, :func:`low_frequency_harmonize` for a native
+image against the prior's template).
 """
 
 from __future__ import annotations
@@ -30,14 +33,55 @@ def population_quantiles(volumes, levels=LEVELS):
     return np.mean([foreground_quantiles(v, levels) for v in volumes], axis=0)
 
 
-def histogram_match(volume, reference_quantiles, levels=LEVELS):
-    """Map ``volume`` (min-max normalized) monotonically onto the population quantiles."""
+def histogram_match(volume, reference_quantiles, levels=LEVELS, *, threshold=0.05,
+                    n_knots=4097):
+    """Map ``volume`` (min-max normalized) monotonically onto the population quantiles.
+
+    The map is the app's population quantile map
+    (:func:`bids_app.harmonize.quantiles.quantile_map`, one implementation of histogram
+    matching for the app and this baseline): the volume's foreground quantiles
+    (:func:`foreground_quantiles`) go to ``reference_quantiles``, linearly in between and
+    down to 0 below the lowest; above the highest quantile the map continues straight on,
+    with the slope that sends the source's gap between its 98.5th and highest percentiles
+    onto the population's, rather than being pinned to 1 at the volume's maximum (a single
+    bright voxel, which bends the map over the brightest tissue).
+
+    Parameters
+    ----------
+    volume : array_like
+        Source image (any intensity units).
+    reference_quantiles : array_like ``(L,)``
+        Target quantiles at ``levels``, in min-max normalized units
+        (:func:`population_quantiles`).
+    levels : array_like ``(L,)``
+        Percentiles of the quantiles; must hold the anchor
+        (:data:`bids_app.harmonize.quantiles.ANCHOR`, 98.5).
+    threshold : float
+        Foreground threshold on the min-max normalized intensity.
+    n_knots : int
+        Knots of the piecewise-linear map on [0, 1] (4097: steps of 1/4096, well below the
+        spacing of neighbouring quantiles).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape of ``volume``, in the population's min-max normalized units
+        (0 stays 0; the brightest voxels may exceed 1).
+    """
+    from ..preprocess.intensity_maps import interp_extended
+    from ..harmonize.quantiles import ANCHOR, quantile_map, relative, volume_quantiles
+
+    levels = np.asarray(levels, dtype=np.float64)
+    anchor = int(np.argmin(np.abs(levels - ANCHOR)))
+    if abs(levels[anchor] - ANCHOR) > 1e-6:
+        raise ValueError(f"levels must include the anchor percentile {ANCHOR}")
+    reference = np.asarray(reference_quantiles, dtype=np.float64)
     x = minmax(volume)
-    source = foreground_quantiles(volume, levels)
-    src = np.concatenate([[0.0], source, [1.0]])
-    dst = np.concatenate([[0.0], reference_quantiles, [1.0]])
-    src = np.maximum.accumulate(src + np.arange(src.size) * 1e-9)
-    return np.interp(x, src, dst).astype(np.float32)
+    source = volume_quantiles(x, x > threshold, levels)
+    values = quantile_map(source, relative(reference, levels), n_knots, levels=levels)
+    # quantile_map keeps the source's anchor quantile: rescale to the population's units
+    scale = reference[anchor] / source[anchor]
+    return (interp_extended(x, values) * scale).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------------------
@@ -49,24 +93,31 @@ def histogram_match(volume, reference_quantiles, levels=LEVELS):
 NYUL_PERCENTILES = np.array([1.0, *range(10, 100, 10), 99.0])
 
 
+#: What a Nyul feature says when ``intensity-normalization`` is missing.
+NYUL_MISSING = ("Nyul standardization needs the optional 'intensity-normalization' package "
+                "(>= 3.0): pip install 'blindharmony[benchmarks]'")
+
+
+def _nyul():
+    """``(module, have)``: nibabel's ``optional_package`` on first use (the import takes
+    about 2 s, so not at this module's import)."""
+    from nibabel.optpkg import optional_package
+
+    module, have, _ = optional_package("intensity_normalization", trip_msg=NYUL_MISSING,
+                                       min_version="3.0")
+    return module, have
+
+
 def nyul_available():
     """Whether the optional ``intensity-normalization`` package (>= 3.0) can be imported."""
-    try:
-        from intensity_normalization import NyulNormalizer, create_image  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return _nyul()[1]
 
 
 def _nyul_api():
-    try:
-        from intensity_normalization import NyulNormalizer, create_image
-    except ImportError as exc:
-        raise ImportError(
-            "Nyul standardization needs the optional 'intensity-normalization' package "
-            "(>= 3.0): pip install 'blindharmony[benchmarks]'"
-        ) from exc
-    return NyulNormalizer, create_image
+    module, have = _nyul()
+    if not have:
+        raise ImportError(NYUL_MISSING)
+    return module.NyulNormalizer, module.create_image
 
 
 def _foreground(x, threshold):
@@ -154,6 +205,129 @@ def nyul_standardize(volume, normalizer, *, threshold=0.05):
     mask = _foreground(x, threshold).astype(np.float32)
     out = normalizer.transform(create_image(x), mask=create_image(mask)).get_data()
     return np.asarray(out, dtype=np.float32).reshape(np.shape(volume))
+
+
+# ---------------------------------------------------------------------------------------
+# N4 bias-field correction (SimpleITK's N4ITK), the step before Nyul in a usual pipeline
+# ---------------------------------------------------------------------------------------
+
+#: N4 settings of the ``n4-nyul`` baseline: the defaults of ANTsR's and ANTsPy's N4 on a
+#: T1w image (B-spline mesh of 200 mm at the first level, 4 fitting levels of 50
+#: iterations each, convergence 1e-7, shrink factor 4; fMRIPrep runs the same with a fifth
+#: level); the rest are N4ITK's defaults (cubic B-splines, bias field FWHM 0.15, Wiener
+#: noise 0.01, 200 histogram bins).
+N4_SETTINGS = {"shrink": 4, "levels": 4, "iterations": 50, "spline_distance": 200.0,
+               "convergence": 1e-7}
+
+
+def otsu_head_mask(volume):
+    """The head of an image, as N4's mask: above its Otsu threshold, holes filled.
+
+    The Otsu threshold (scikit-image) of all voxels separates the head from the background
+    of a whole-head T1w image; filling the holes (SciPy, in 3D) puts dark tissue inside
+    the head (ventricles, bone) back into it.
+    """
+    from scipy.ndimage import binary_fill_holes
+    from skimage.filters import threshold_otsu
+
+    x = np.asarray(volume, dtype=np.float64)
+    return binary_fill_holes(x > threshold_otsu(x))
+
+
+def n4_bias_field(volume, *, voxel_size=(1.0, 1.0, 1.0), mask=None, shrink=4, levels=4,
+                  iterations=50, spline_distance=200.0, convergence=1e-7, num_threads=1):
+    """The multiplicative bias field N4 finds in an image (``volume / field`` is corrected).
+
+    N4ITK (Tustison et al., IEEE TMI 2010) through SimpleITK's
+    ``N4BiasFieldCorrectionImageFilter``, run as ANTsR and ANTsPy run it by default (the
+    defaults here, :data:`N4_SETTINGS`): the image and its mask are shrunk by ``shrink``
+    along every axis (a speed-up: the field is smooth), the field is fitted on the shrunk
+    image inside the mask (a B-spline mesh of one element per ``spline_distance`` mm of the
+    image's extent at the first level, refined ``levels - 1`` times, ``iterations`` per
+    level) and evaluated on the full-resolution grid, where it covers the whole image (it
+    is smooth, so it extends outside the mask too).
+
+    Parameters
+    ----------
+    volume : array_like
+        One 3D image (positive inside the mask; any intensity units: N4 is scale-free).
+    voxel_size : sequence of 3 float
+        Voxel size (mm) along the array's axes; sets the mesh from ``spline_distance``.
+    mask : bool array_like, optional
+        Voxels the field is fitted on (those of them above 0: N4 works on log
+        intensities); default :func:`otsu_head_mask` of the volume.
+    shrink : int
+        Shrink factor of the fit (4: 8 mm voxels for a 2 mm image).
+    levels : int
+        Fitting levels (the B-spline mesh doubles from one to the next).
+    iterations : int
+        Maximum iterations per level.
+    spline_distance : float
+        B-spline mesh element size (mm) at the first level.
+    convergence : float
+        Convergence threshold of each level.
+    num_threads : int
+        Threads of the filter.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape of ``volume``, positive: the field N4 estimated.
+    """
+    import SimpleITK as sitk
+
+    data = np.asarray(volume, dtype=np.float32)
+    if data.ndim != 3:
+        raise ValueError(f"n4_bias_field needs a 3D volume, not shape {data.shape}")
+    mask = otsu_head_mask(data) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != data.shape:
+        raise ValueError(f"shapes differ: {data.shape} vs mask {mask.shape}")
+    mask = mask & (data > 0)
+    if not mask.any():
+        raise ValueError("N4 needs positive intensities inside the mask")
+    # SimpleITK's index order is the reverse of numpy's: transpose so that both agree
+    image = sitk.GetImageFromArray(np.ascontiguousarray(data.T))
+    image.SetSpacing([float(v) for v in voxel_size])
+    mask_image = sitk.GetImageFromArray(np.ascontiguousarray(mask.T).astype(np.uint8))
+    mask_image.CopyInformation(image)
+    small = sitk.Shrink(image, [int(shrink)] * 3)
+    small_mask = sitk.Shrink(mask_image, [int(shrink)] * 3)
+    extent = np.asarray(small.GetSpacing()) * (np.asarray(small.GetSize()) - 1)
+    n4 = sitk.N4BiasFieldCorrectionImageFilter()
+    n4.SetMaximumNumberOfIterations([int(iterations)] * int(levels))
+    n4.SetConvergenceThreshold(float(convergence))
+    # control points = mesh elements + spline order, per axis (ANTs' --bspline-fitting)
+    n4.SetNumberOfControlPoints(
+        [max(1, int(np.ceil(e / spline_distance))) + n4.GetSplineOrder() for e in extent])
+    n4.SetNumberOfThreads(int(max(1, num_threads)))
+    n4.Execute(small, small_mask)
+    log_field = sitk.GetArrayFromImage(n4.GetLogBiasFieldAsImage(image)).T
+    return np.exp(log_field).astype(np.float32)
+
+
+def n4_correct(volume, **kwargs):
+    """``volume`` divided by its N4 bias field (:func:`n4_bias_field`, same keywords).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the shape and intensity units of ``volume``.
+    """
+    data = np.asarray(volume, dtype=np.float32)
+    return (data / n4_bias_field(data, **kwargs)).astype(np.float32)
+
+
+def nyul_save(normalizer, path):
+    """Write a trained Nyul standard scale (``.npy``, the package's own format)."""
+    normalizer.save_standard_histogram(str(path))
+
+
+def nyul_load(path):
+    """A Nyul normalizer with the standard scale :func:`nyul_save` wrote (ready to apply)."""
+    NyulNormalizer, _ = _nyul_api()
+    normalizer = NyulNormalizer()
+    normalizer.load_standard_histogram(str(path))
+    return normalizer
 
 
 # ---------------------------------------------------------------------------------------

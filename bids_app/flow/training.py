@@ -105,74 +105,113 @@ def train_flow(
     """
     from tqdm.auto import tqdm
 
-    device = flow.device
     if optimizer is None:
         optimizer, scheduler = make_optimizer(flow, lr=lr, steps=steps)
     state = state or TrainState()
-    rng = np.random.default_rng(seed + state.step)
-    generator = torch.Generator(device="cpu").manual_seed(seed + state.step)
+    rng, generator = _random_streams(seed + state.step)
     flow.train()
     if state.step == 0:
-        # Data-dependent actnorm initialization on a large first batch.
-        first = rng.choice(len(train_slices), size=min(len(train_slices), 256), replace=False)
-        with torch.no_grad():
-            flow(dequantize(torch.from_numpy(train_slices[np.sort(first)]),
-                            generator=generator).to(device))
+        _initialize_actnorm(flow, train_slices, rng, generator)
 
     bar = tqdm(total=steps, initial=state.step, disable=not progress, unit="step",
                dynamic_ncols=True)
     started = time.perf_counter()
     running = None
     while state.step < steps:
-        index = rng.integers(0, len(train_slices), size=batch_size)
-        batch = train_slices[index]
-        if augment is not None:
-            batch = augment(batch, index, rng)
-        batch = torch.from_numpy(np.ascontiguousarray(batch))
-        if flip:
-            flips = torch.from_numpy(rng.random(batch_size) < 0.5)
-            batch[flips] = batch[flips].flip(-2)
-        batch = dequantize(batch, generator=generator).to(device)
-        loss = flow.bits_per_dim(batch).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
-        optimizer.step()
-        scheduler.step()
-        state.step += 1
-        value = float(loss.detach())
-        running = value if running is None else 0.98 * running + 0.02 * value
-        bar.update(1)
-        bar.set_postfix(bpd=f"{running:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
-
+        batch = _sample_batch(train_slices, rng, generator, batch_size=batch_size,
+                              flip=flip, augment=augment).to(flow.device)
+        running = _train_step(flow, optimizer, scheduler, batch, state, running, bar)
         elapsed = time.perf_counter() - started
         out_of_time = max_seconds is not None and elapsed >= max_seconds
         last = state.step >= steps or out_of_time
         if state.step % validate_every == 0 or last:
-            val = evaluate_bpd(flow, val_slices)
-            record = {
-                "step": state.step,
-                "train_bits_per_dim": round(running, 4),
-                "val_bits_per_dim": round(val, 4),
-                "seconds": round(state.seconds + elapsed, 1),
-            }
-            state.history.append(record)
-            bar.write(
-                f"step {state.step}: train {running:.4f} bits/dim, validation {val:.4f} "
-                f"bits/dim ({record['seconds']:.0f} s)"
-            )
-            if val < state.best_bpd:
-                state.best_bpd, state.best_step = val, state.step
-                if on_best is not None:
-                    on_best(flow, state)
+            _validate(flow, val_slices, state, running=running, elapsed=elapsed,
+                      on_best=on_best, write=bar.write)
         if on_checkpoint is not None and (state.step % checkpoint_every == 0 or last):
-            state_seconds = state.seconds
-            state.seconds = state_seconds + elapsed
-            on_checkpoint(flow, optimizer, scheduler, state)
-            state.seconds = state_seconds
+            _checkpoint(on_checkpoint, flow, optimizer, scheduler, state, elapsed=elapsed)
         if out_of_time:
             break
     bar.close()
     state.seconds += time.perf_counter() - started
     flow.eval()
     return state
+
+
+def _random_streams(seed):
+    """The numpy generator (slice indices, flips, augmentation) and the torch generator
+    (dequantization noise), both seeded with ``seed``: the run's seed plus the step it
+    starts at, so that a resumed run does not replay the first run's draws."""
+    return np.random.default_rng(seed), torch.Generator(device="cpu").manual_seed(seed)
+
+
+def _initialize_actnorm(flow, train_slices, rng, generator):
+    """Data-dependent actnorm initialization on a large first batch (up to 256 slices)."""
+    first = rng.choice(len(train_slices), size=min(len(train_slices), 256), replace=False)
+    with torch.no_grad():
+        flow(dequantize(torch.from_numpy(train_slices[np.sort(first)]),
+                        generator=generator).to(flow.device))
+
+
+def _sample_batch(train_slices, rng, generator, *, batch_size, flip, augment):
+    """One dequantized training batch (CPU tensor ``(B, 1, H, W)``).
+
+    Draws, in this order: the slice indices and whatever ``augment`` draws from ``rng``,
+    the left-right flips from ``rng``, then the dequantization noise from ``generator``.
+    """
+    index = rng.integers(0, len(train_slices), size=batch_size)
+    batch = train_slices[index]
+    if augment is not None:
+        batch = augment(batch, index, rng)
+    batch = torch.from_numpy(np.ascontiguousarray(batch))
+    if flip:
+        flips = torch.from_numpy(rng.random(batch_size) < 0.5)
+        batch[flips] = batch[flips].flip(-2)
+    return dequantize(batch, generator=generator)
+
+
+def _train_step(flow, optimizer, scheduler, batch, state, running, bar):
+    """One Adam step on the batch's mean bits/dim (gradients clipped at norm 5).
+
+    Advances ``state.step`` and the progress bar; returns the running mean of the loss
+    (exponential, weight 0.02 on the new value; the loss itself at the first step).
+    """
+    loss = flow.bits_per_dim(batch).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
+    optimizer.step()
+    scheduler.step()
+    state.step += 1
+    value = float(loss.detach())
+    running = value if running is None else 0.98 * running + 0.02 * value
+    bar.update(1)
+    bar.set_postfix(bpd=f"{running:.3f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
+    return running
+
+
+def _validate(flow, val_slices, state, *, running, elapsed, on_best, write):
+    """Record the validation bits/dim in ``state.history``; call ``on_best`` on a new best."""
+    val = evaluate_bpd(flow, val_slices)
+    record = {
+        "step": state.step,
+        "train_bits_per_dim": round(running, 4),
+        "val_bits_per_dim": round(val, 4),
+        "seconds": round(state.seconds + elapsed, 1),
+    }
+    state.history.append(record)
+    write(
+        f"step {state.step}: train {running:.4f} bits/dim, validation {val:.4f} "
+        f"bits/dim ({record['seconds']:.0f} s)"
+    )
+    if val < state.best_bpd:
+        state.best_bpd, state.best_step = val, state.step
+        if on_best is not None:
+            on_best(flow, state)
+
+
+def _checkpoint(on_checkpoint, flow, optimizer, scheduler, state, *, elapsed):
+    """Call ``on_checkpoint`` with ``state.seconds`` counting this call's ``elapsed`` time."""
+    state_seconds = state.seconds
+    state.seconds = state_seconds + elapsed
+    on_checkpoint(flow, optimizer, scheduler, state)
+    state.seconds = state_seconds

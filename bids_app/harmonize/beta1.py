@@ -17,7 +17,8 @@ import math
 import numpy as np
 import torch
 
-from .intensity import fit_lut, interp_extended, segment_counts
+from ..preprocess.intensity_maps import interp_extended
+from .intensity import fit_lut, segment_counts
 from .paper import blindharmony_paper
 
 #: Normalized source intensities at or below this are background: not used to fit the

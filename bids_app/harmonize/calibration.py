@@ -29,7 +29,7 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     """
     from ..flow.bundle import load_bundle
     from ..preprocess.masks import inner_brain, template_brain_mask
-    from .defaults import DEFAULTS
+    from .methods import default_record
     from .domain import calibrate_domain
     from .evidence import calibrate_tissue_order
     from .intensity import calibrate_power_map
@@ -39,8 +39,9 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     scoring = bundle.harmonization.get("flow-intensity", {}).get("scoring_slices", 24)
     with torch.no_grad():
         calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring)
-    record = {**DEFAULTS, **{k: v for k, v in bundle.harmonization.items() if k == "paper"}}
-    record["flow-intensity"] = {**DEFAULTS["flow-intensity"], **calibration}
+    record = default_record()
+    record.update({k: v for k, v in bundle.harmonization.items() if k == "paper"})
+    record["flow-intensity"].update(calibration)
     brain = template_brain_mask()
     template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
     on_grid = brain.shape == template.shape

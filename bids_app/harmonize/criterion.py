@@ -64,10 +64,44 @@ def criterion(flow, u, x, log_slope, *, companion=None):
     return jacobian_criterion(flow, u, x, log_slope)
 
 
+def prior_grid(flow, x, *, renormalize=False):
+    """``(B, 1, H, W)`` slices on the prior's own grid.
+
+    A prior trained on block-averaged slices (``blindharmony-train --downsample 2``: 4 mm on
+    the 2 mm grid) sees the block means of the reference-grid slices, as in training
+    (:func:`~bids_app.preprocess.slices.downsample_slices`); the factor is the ratio of the
+    two grids. ``renormalize`` min-maxes each slice again (for slices that were min-maxed on
+    the fine grid, as the training slices were); maps and their change of variables are
+    evaluated on the block means of the source, before any normalization.
+    """
+    height, width = (int(v) for v in flow.config["shape"])
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    factor = x.shape[-2] // height
+    if factor < 2 or x.shape[-2] != factor * height or x.shape[-1] != factor * width:
+        raise ValueError(f"slices of {tuple(x.shape[-2:])} do not match the prior's grid "
+                         f"{(height, width)}")
+    out = torch.nn.functional.avg_pool2d(x, factor)
+    if not renormalize:
+        return out
+    flat = out.flatten(1)
+    empty = (flat.amax(1) <= flat.amin(1)).view(-1, 1, 1, 1)
+    return torch.where(empty, torch.zeros_like(out), normalize(out)[0])
+
+
+def slice_likelihood(flow, x, batch_size=32):
+    """Bits/dim and latent RMS norm of each min-max normalized slice of ``x`` ``(B, 1, H, W)``.
+
+    ``x`` is on the reference grid or on the prior's (:func:`prior_grid`);
+    :meth:`~bids_app.flow.model.SliceFlow.evaluate` does the rest.
+    """
+    return flow.evaluate(prior_grid(flow, x, renormalize=True), batch_size=batch_size)
+
+
 def to_bits_per_dim(nats, flow):
     """Nats per slice -> bits per pixel of the flow's slice."""
     return np.asarray(nats, dtype=np.float64) / (flow.dim * math.log(2.0))
 
 
-__all__ = ["criterion", "jacobian_criterion", "normalize", "ratio_criterion",
-           "to_bits_per_dim"]
+__all__ = ["criterion", "jacobian_criterion", "normalize", "prior_grid", "ratio_criterion",
+           "slice_likelihood", "to_bits_per_dim"]

@@ -21,7 +21,7 @@ MARGIN = 1.25
 def image_latent_norm(flow, volume):
     """Mean latent RMS norm over the slices of ``volume`` (reference grid) that hold head."""
     from ..preprocess.slices import normalize_slices
-    from .volume import slice_likelihood
+    from .criterion import slice_likelihood
 
     slices, _, _, valid = normalize_slices(np.asarray(volume, dtype=np.float32))
     if not valid.any():

@@ -46,4 +46,37 @@ def calibrate_tissue_order(volumes, template, brain, *, margin=TISSUE_MARGIN):
             "validation_tissue_order": [round(v, 4) for v in values]}
 
 
-__all__ = ["calibrate_tissue_order", "tissue_order"]
+def assess_input(volume, bundle):
+    """What the registered source is (:mod:`bids_app.preprocess.masks`, :func:`tissue_order`).
+
+    ``skull_stripped`` and its ``shell_fraction``; ``tissue_order``, the rank correlation
+    with the prior's template in the brain. Bundles on another grid than the shipped
+    template's get no evidence (``None`` values, not stripped).
+    """
+    from ..preprocess.masks import head_mask, skull_stripped, template_brain_mask
+
+    brain = template_brain_mask()
+    template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
+    if brain.shape != np.shape(volume) or brain.shape != template.shape:
+        return {"skull_stripped": False, "shell_fraction": None, "tissue_order": None}
+    stripped, fraction = skull_stripped(volume, head_mask(template), brain)
+    return {"skull_stripped": stripped, "shell_fraction": fraction,
+            "tissue_order": round(tissue_order(volume, template, brain), 4)}
+
+
+def tissue_order_reasons(evidence, domain):
+    """The out-of-domain reason the tissue order gives, if any (a list of 0 or 1 strings).
+
+    ``evidence`` is :func:`assess_input`'s, ``domain`` the bundle's ``out_of_domain``
+    record.
+    """
+    threshold = domain.get("tissue_order_threshold")
+    order = evidence.get("tissue_order")
+    if threshold is None or order is None or order >= threshold:
+        return []
+    return [f"tissue order {order:.3f} under {threshold} (the rank correlation with the "
+            "prior's template in the brain: not a T1w contrast, e.g. inverted or T2-like, "
+            "or a failed registration)"]
+
+
+__all__ = ["assess_input", "calibrate_tissue_order", "tissue_order", "tissue_order_reasons"]

@@ -17,6 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..preprocess.intensity_maps import apply_slice_map
+
 
 def apply_map(x, values):
     """Evaluate the piecewise-linear map with knot values ``values`` at ``x``.
@@ -29,38 +31,6 @@ def apply_map(x, values):
     index = t.floor().clamp(0, n - 1).long()
     frac = t - index
     return values[index] + frac * (values[index + 1] - values[index])
-
-
-def interp_extended(t, values):
-    """Piecewise-linear map with knot values ``values`` on [0, 1], evaluated at ``t`` (numpy).
-
-    Outside [0, 1] the map continues linearly with the slope of its first or last segment.
-    """
-    values = np.asarray(values, dtype=np.float64)
-    step = 1.0 / (len(values) - 1)
-    t = np.asarray(t, dtype=np.float64)
-    out = np.interp(t, np.linspace(0.0, 1.0, len(values)), values)
-    out = np.where(t < 0, values[0] + t * (values[1] - values[0]) / step, out)
-    return np.where(t > 1, values[-1] + (t - 1) * (values[-1] - values[-2]) / step, out)
-
-
-def apply_slice_map(values, lut, low, high):
-    """One slice's map (knot values ``lut`` on that slice's ``[low, high]``) in volume units.
-
-    ``v -> low + span * lut((v - low) / span)``, extended linearly outside ``[low, high]``
-    (``span = high - low``, or 1 for a constant slice).
-    """
-    span = high - low if high > low else 1.0
-    return low + span * interp_extended((np.asarray(values, dtype=np.float64) - low) / span, lut)
-
-
-def apply_global_map(x, values, scale):
-    """Apply a map fitted on ``x / scale`` to intensities ``x`` (numpy), in ``x``'s units.
-
-    Outside [0, 1] the map continues linearly with its end slopes.
-    """
-    u = np.asarray(x, dtype=np.float64) / scale
-    return (interp_extended(u, values) * scale).astype(np.float32)
 
 
 def map_log_slopes(values):
@@ -153,6 +123,9 @@ def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segment
 
     Returns ``(gamma, loss value, loss function of log gamma)``; losses in bits per pixel.
     """
+    from .criterion import prior_grid
+
+    u = prior_grid(flow, u)
     counts = torch.stack([segment_counts(s, n_segments) for s in u])
     loss = power_map_loss(flow, u, counts)
     log_gamma, value = golden_section(loss, np.log(gamma_range[0]), np.log(gamma_range[1]),
@@ -242,7 +215,7 @@ def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5):
         estimates.
     """
     from ..preprocess.slices import normalize_slices, volume_to_slices
-    from .volume import scoring_slice_indices
+    from ..preprocess.slices import scoring_slice_indices
 
     estimates = []
     for volume in volumes:

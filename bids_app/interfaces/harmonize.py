@@ -11,6 +11,8 @@ from nipype.interfaces.base import (
     traits,
 )
 
+from ..harmonize.methods import METHODS
+
 
 def _plain(value):
     """JSON-friendly copy of a metrics value (numpy scalars and arrays to Python)."""
@@ -80,8 +82,9 @@ def sidecar_key(name):
 class _HarmonizeInputSpec(BaseInterfaceInputSpec):
     in_file = File(exists=True, mandatory=True, desc="the T1w image on the reference grid")
     prior_path = File(exists=True, desc="prior bundle (default: the shipped prior)")
-    method = traits.Str("flow-intensity", usedefault=True, desc="harmonization method")
-    params = traits.Dict(desc="hyperparameter overrides (default: the prior's record)")
+    method = traits.Enum(*METHODS, desc="harmonization method (default: the prior's own)")
+    params = traits.Dict(desc="the method's parameters given by the user (typed; the others "
+                         "come from the prior's record)")
     device = traits.Str("cpu", usedefault=True, desc="torch device")
     num_threads = traits.Int(1, usedefault=True, desc="torch threads")
 
@@ -111,12 +114,11 @@ class Harmonize(SimpleInterface):
         path = self.inputs.prior_path if isdefined(self.inputs.prior_path) else None
         bundle = load_bundle(path, device=self.inputs.device)
         img = nib.load(self.inputs.in_file)
-        params = self.inputs.params if isdefined(self.inputs.params) else {}
         harmonized, result = harmonize_volume(
             np.asanyarray(img.dataobj, dtype="float32"),
             bundle,
-            method=self.inputs.method,
-            params={k: v for k, v in params.items() if v is not None},
+            method=self.inputs.method if isdefined(self.inputs.method) else None,
+            params=self.inputs.params if isdefined(self.inputs.params) else None,
             device=self.inputs.device,
             progress=False,
         )
@@ -133,6 +135,9 @@ class Harmonize(SimpleInterface):
         _log_evidence(self.inputs.in_file, result["metrics"])
         record = {"Method": result["method"], "Device": self.inputs.device}
         record.update({sidecar_key(k): _plain(v) for k, v in result["params"].items()})
+        if result["decision"]:
+            record["Decision"] = {sidecar_key(k): _plain(v)
+                                  for k, v in result["decision"].items()}
         self._results.update(
             out_file=str(out_file),
             out_map=str(out_map),

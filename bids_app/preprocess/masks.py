@@ -1,9 +1,10 @@
 """The reference template's head and brain masks, and what they tell of an input.
 
-``tpl-MNIColin27_res-2_desc-brain_mask.nii.gz`` (package data) is MRIcron's
-brain-extracted Colin27 (``ch2bet.nii.gz``, BSD-3-Clause) on the prior's 2 mm grid. It is
-what skull-stripped input is recognized and harmonized by, and what the prior's masking
-augmentation (``blindharmony-train --mask-augmentation``) cuts training slices with.
+``tpl-MNIColin27_res-2_desc-brain_mask.nii.gz`` (package data, found through TemplateFlow
+by :func:`bids_app.utils.templates.template_path`) is MRIcron's brain-extracted Colin27
+(``ch2bet.nii.gz``, BSD-3-Clause) on the prior's 2 mm grid. It is what skull-stripped
+input is recognized and harmonized by, and what the prior's masking augmentation
+(``blindharmony-train --mask-augmentation``) cuts training slices with.
 
 :func:`skull_stripped` recognizes brain-only input from how much of the template's scalp
 and skull (the head outside the dilated brain) holds signal after registration.
@@ -16,16 +17,14 @@ from __future__ import annotations
 
 import sys
 from functools import lru_cache
-from importlib import resources
 
 import numpy as np
 
+from ..utils.templates import template_path
+
+#: File name of the template's brain mask (what ``python -m bids_app.preprocess.masks``
+#: writes by default).
 BRAIN_MASK = "tpl-MNIColin27_res-2_desc-brain_mask.nii.gz"
-TEMPLATE = "tpl-MNIColin27_res-2_T1w.nii.gz"
-
-
-def data_path(name):
-    return str(resources.files("bids_app") / "data" / name)
 
 
 @lru_cache(maxsize=1)
@@ -33,15 +32,15 @@ def template_brain_mask():
     """Boolean brain mask ``(X, Y, Z)`` on the shipped 2 mm reference grid."""
     import nibabel as nb
 
-    return np.asarray(nb.load(data_path(BRAIN_MASK)).dataobj) > 0
+    return np.asarray(nb.load(template_path("mask", desc="brain")).dataobj) > 0
 
 
-def make_brain_mask(bet_path, template_path=None):
+def make_brain_mask(bet_path, reference=None):
     """Resample a brain-extracted template's nonzero voxels onto the reference grid."""
     import nibabel as nb
     from nibabel.processing import resample_from_to
 
-    template = nb.load(template_path or data_path(TEMPLATE))
+    template = nb.load(reference or template_path("T1w"))
     bet = nb.as_closest_canonical(nb.load(str(bet_path)))
     inside = nb.Nifti1Image((np.asarray(bet.dataobj) > 0).astype(np.float32), bet.affine)
     mask = resample_from_to(inside, template, order=1).get_fdata() > 0.5

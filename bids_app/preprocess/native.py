@@ -13,6 +13,8 @@ from __future__ import annotations
 import nibabel as nb
 import numpy as np
 
+from .intensity_maps import apply_global_map, apply_slice_map
+
 
 def _slice_coordinate(native_img, matrix, grid_affine):
     """Continuous reference slice index (third grid axis) of every native voxel."""
@@ -52,8 +54,6 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
     nibabel.Nifti1Image
         Same shape, affine and header as ``native_img``; float32 data.
     """
-    from ..harmonize.intensity import apply_global_map, apply_slice_map
-
     lut, low, high = np.asarray(lut), np.asarray(low, float), np.asarray(high, float)
     valid_idx = np.nonzero(np.asarray(valid))[0]
     data = np.asanyarray(native_img.dataobj, dtype=np.float64)

@@ -66,6 +66,28 @@ def head_fraction(slices, threshold=0.05):
     return (np.asarray(slices) > threshold).mean(axis=(1, 2, 3))
 
 
+def scoring_slice_indices(slices, valid, n):
+    """Indices of the ``n`` slices holding the most head (the informative ones).
+
+    Parameters
+    ----------
+    slices : array ``(Z, 1, X, Y)``
+        Normalized slices (:func:`normalize_slices`).
+    valid : bool array ``(Z,)``
+        Slices that may be chosen.
+    n : int
+        How many; fewer when fewer slices are valid.
+
+    Returns
+    -------
+    numpy.ndarray
+        Sorted slice indices; ties keep the lower index.
+    """
+    fraction = np.where(valid, head_fraction(slices), -1.0)
+    order = np.argsort(-fraction, kind="stable")[: min(n, int(np.sum(valid)))]
+    return np.sort(order)
+
+
 def block_mean(slices, factor):
     """Average ``(N, C, H, W)`` slices over ``factor x factor`` blocks (no renormalization)."""
     slices = np.asarray(slices)

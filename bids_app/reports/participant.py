@@ -83,10 +83,14 @@ def image_section(record, output_dir, subject):
         f'<span class="flag">{esc(flagged)}</span>' if flagged else '<span class="ok">none</span>'
     )))
     parts.append("<h3>Metrics</h3>" + table_html(("metric", "value"), rows))
-    harmonization = record.sidecar.get("Harmonization") or {}
+    harmonization = dict(record.sidecar.get("Harmonization") or {})
+    decision = harmonization.pop("Decision", None) or {}
     if harmonization:
         parts.append("<h3>Harmonization parameters</h3>" + table_html(
             ("parameter", "value"), [(k, _short(v)) for k, v in harmonization.items()]))
+    if decision:
+        parts.append("<h3>What the method decided</h3>" + table_html(
+            ("decision", "value"), [(k, _short(v)) for k, v in decision.items()]))
     prior = record.sidecar.get("Prior") or {}
     scanner = [(k, record.source_meta.get(k)) for k in SCANNER_FIELDS]
     parts.append("<h3>Prior and source scanner</h3>" + table_html(

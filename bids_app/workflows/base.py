@@ -6,7 +6,8 @@
       single_subject_<label>_wf           one per participant
         prior_reference                   the prior's reference grid
         t1w_[ses_<s>_][acq_<a>_]..[run_<r>_]wf   one per T1w image
-          load_t1w -> register -> to_reference -> harmonize -> to_native -> ds_t1w_wf
+          load_t1w -> register_wf -> to_reference -> harmonize -> to_native -> ds_t1w_wf
+                      register [-> fsl_to_itk]   (FLIRT's matrix to ITK text)
         merge_t1w -> ds_report_wf          the subject's HTML report, after all its images
 
 Every node lives under its participant's workflow, so participant-level runs of
@@ -68,7 +69,7 @@ def init_blindharmony_wf(
     space,
     resolution,
     prior=None,
-    method="flow-intensity",
+    method=None,
     params=None,
     device="cpu",
     registration_engine="auto",
@@ -90,7 +91,8 @@ def init_blindharmony_wf(
     prior : dict
         ``{"Name", "Version", "SHA256"}`` of the prior, recorded in the sidecars.
     method : str
-        Harmonization method (``flow-intensity`` or ``paper``).
+        Harmonization method (a name of :data:`bids_app.harmonize.methods.METHODS`; ``None``:
+        the prior's own).
     params : dict
         Hyperparameter overrides (``None`` or missing: the prior's recorded default).
     device : str
@@ -135,7 +137,7 @@ def init_single_subject_wf(
     space,
     resolution,
     prior=None,
-    method="flow-intensity",
+    method=None,
     params=None,
     device="cpu",
     registration_engine="auto",
@@ -205,14 +207,14 @@ def init_t1w_harmonize_wf(
     space,
     resolution,
     prior=None,
-    method="flow-intensity",
+    method=None,
     params=None,
     device="cpu",
     registration_engine="auto",
     omp_nthreads=1,
     name="t1w_harmonize_wf",
 ):
-    """Register, harmonize and write one T1w image.
+    """Register (:func:`init_register_wf`), harmonize and write one T1w image.
 
     Parameters are those of :func:`init_blindharmony_wf`.
 
@@ -235,17 +237,98 @@ def init_t1w_harmonize_wf(
         Quality metrics of the harmonization.
     """
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(
-        niu.IdentityInterface(fields=["t1w_file", "reference"]), name="inputnode"
-    )
-    outputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=["t1w_harmonized", "std_t1w_harmonized", "t1w2std_xfm", "metrics"]
-        ),
-        name="outputnode",
-    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=["t1w_file", "reference"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(
+        fields=["t1w_harmonized", "std_t1w_harmonized", "t1w2std_xfm", "metrics"]),
+        name="outputnode")
 
     load_t1w = pe.Node(LoadT1w(), name="load_t1w", mem_gb=1)
+    register_wf = init_register_wf(registration_engine=registration_engine,
+                                   omp_nthreads=omp_nthreads)
+    to_reference = pe.Node(ResampleToGrid(), name="to_reference")
+    harmonize = _harmonize_node(prior_path=prior_path, method=method, params=params,
+                                device=device, omp_nthreads=omp_nthreads)
+    to_native = pe.Node(ToNative(), name="to_native", mem_gb=2)
+    ds_t1w_wf = init_ds_t1w_wf(bids_dir=bids_dir, output_dir=output_dir, space=space,
+                               resolution=resolution, prior=prior)
+
+    # fmt: off
+    workflow.connect([
+        (inputnode, load_t1w, [("t1w_file", "in_file")]),
+        (load_t1w, register_wf, [("out_file", "inputnode.moving_image")]),
+        (inputnode, register_wf, [("reference", "inputnode.reference")]),
+        (load_t1w, to_reference, [("out_file", "in_file")]),
+        (inputnode, to_reference, [("reference", "reference")]),
+        (register_wf, to_reference, [("outputnode.transform", "transform")]),
+        (to_reference, harmonize, [("out_file", "in_file")]),
+        (load_t1w, to_native, [("out_file", "native_file")]),
+        (inputnode, to_native, [("t1w_file", "source_file"), ("reference", "reference")]),
+        (harmonize, to_native, [("out_map", "in_map")]),
+        (register_wf, to_native, [("outputnode.transform", "transform")]),
+        (inputnode, ds_t1w_wf, [("t1w_file", "inputnode.source_file")]),
+        (to_native, ds_t1w_wf, [("out_file", "inputnode.t1w_harmonized")]),
+        (harmonize, ds_t1w_wf, [("out_file", "inputnode.std_t1w_harmonized"),
+                                ("metrics", "inputnode.metrics"),
+                                ("harmonization", "inputnode.harmonization")]),
+        (register_wf, ds_t1w_wf, [("outputnode.transform", "inputnode.t1w2std_xfm")]),
+        (ds_t1w_wf, outputnode, [("outputnode.t1w_harmonized", "t1w_harmonized"),
+                                 ("outputnode.std_t1w_harmonized", "std_t1w_harmonized"),
+                                 ("outputnode.t1w2std_xfm", "t1w2std_xfm")]),
+        (harmonize, outputnode, [("metrics", "metrics")]),
+    ])
+    # fmt: on
+    return workflow
+
+
+def _harmonize_node(*, prior_path, method, params, device, omp_nthreads):
+    """The ``harmonize`` node: the prior's method on the reference-grid image."""
+    harmonize = pe.Node(
+        Harmonize(params=dict(params or {}), device=device, num_threads=omp_nthreads),
+        name="harmonize",
+        n_procs=omp_nthreads,
+        mem_gb=4,
+    )
+    if method is not None:
+        harmonize.inputs.method = method
+    if prior_path is not None:
+        harmonize.inputs.prior_path = str(prior_path)
+    return harmonize
+
+
+def init_register_wf(*, registration_engine="auto", omp_nthreads=1, name="register_wf"):
+    """Affine registration of a T1w image to the prior's reference, as an ITK transform.
+
+    ``simpleitk``: one ``register`` node (:class:`~bids_app.interfaces.registration.
+    RegisterAffine`) writing the ITK text transform. ``flirt``: FSL FLIRT (12 degrees of
+    freedom) in ``register``, then ``fsl_to_itk`` converts its matrix to ITK text.
+
+    Parameters
+    ----------
+    registration_engine : str
+        ``auto`` (``flirt`` when FSL's ``flirt`` is on the PATH, else ``simpleitk``),
+        ``simpleitk`` or ``flirt``.
+    omp_nthreads : int
+        Threads of the SimpleITK registration (FLIRT runs on one).
+    name : str
+        Workflow name.
+
+    Inputs
+    ------
+    moving_image
+        The T1w image as loaded (checked and reoriented to RAS).
+    reference
+        The prior's reference image (the slice grid).
+
+    Outputs
+    -------
+    transform
+        The affine from the T1w to the reference, ITK text.
+    """
+    workflow = pe.Workflow(name=name)
+    inputnode = pe.Node(niu.IdentityInterface(fields=["moving_image", "reference"]),
+                        name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(fields=["transform"]), name="outputnode")
 
     engine = resolve_engine(registration_engine)
     if engine == "flirt":
@@ -257,76 +340,26 @@ def init_t1w_harmonize_wf(
         fsl_to_itk = pe.Node(FSLToITK(), name="fsl_to_itk")
         # fmt: off
         workflow.connect([
-            (load_t1w, register, [("out_file", "in_file")]),
-            (inputnode, register, [("reference", "reference")]),
+            (inputnode, register, [("moving_image", "in_file"),
+                                   ("reference", "reference")]),
             (register, fsl_to_itk, [("out_matrix_file", "in_matrix")]),
-            (load_t1w, fsl_to_itk, [("out_file", "moving")]),
-            (inputnode, fsl_to_itk, [("reference", "reference")]),
+            (inputnode, fsl_to_itk, [("moving_image", "moving"),
+                                     ("reference", "reference")]),
+            (fsl_to_itk, outputnode, [("out_transform", "transform")]),
         ])
         # fmt: on
-        transform_source = (fsl_to_itk, "out_transform")
-    else:
-        register = pe.Node(
-            RegisterAffine(engine=engine, num_threads=omp_nthreads),
-            name="register",
-            n_procs=omp_nthreads,
-            mem_gb=2,
-        )
-        # fmt: off
-        workflow.connect([
-            (load_t1w, register, [("out_file", "moving")]),
-            (inputnode, register, [("reference", "fixed")]),
-        ])
-        # fmt: on
-        transform_source = (register, "out_transform")
+        return workflow
 
-    to_reference = pe.Node(ResampleToGrid(), name="to_reference")
-    harmonize = pe.Node(
-        Harmonize(
-            method=method,
-            params={k: v for k, v in (params or {}).items() if v is not None},
-            device=device,
-            num_threads=omp_nthreads,
-        ),
-        name="harmonize",
+    register = pe.Node(
+        RegisterAffine(engine=engine, num_threads=omp_nthreads),
+        name="register",
         n_procs=omp_nthreads,
-        mem_gb=4,
+        mem_gb=2,
     )
-    if prior_path is not None:
-        harmonize.inputs.prior_path = str(prior_path)
-    to_native = pe.Node(ToNative(), name="to_native", mem_gb=2)
-
-    ds_t1w_wf = init_ds_t1w_wf(
-        bids_dir=bids_dir,
-        output_dir=output_dir,
-        space=space,
-        resolution=resolution,
-        prior=prior,
-    )
-
-    xfm_node, xfm_field = transform_source
     # fmt: off
     workflow.connect([
-        (inputnode, load_t1w, [("t1w_file", "in_file")]),
-        (load_t1w, to_reference, [("out_file", "in_file")]),
-        (inputnode, to_reference, [("reference", "reference")]),
-        (xfm_node, to_reference, [(xfm_field, "transform")]),
-        (to_reference, harmonize, [("out_file", "in_file")]),
-        (load_t1w, to_native, [("out_file", "native_file")]),
-        (inputnode, to_native, [("t1w_file", "source_file")]),
-        (harmonize, to_native, [("out_map", "in_map")]),
-        (xfm_node, to_native, [(xfm_field, "transform")]),
-        (inputnode, to_native, [("reference", "reference")]),
-        (inputnode, ds_t1w_wf, [("t1w_file", "inputnode.source_file")]),
-        (to_native, ds_t1w_wf, [("out_file", "inputnode.t1w_harmonized")]),
-        (harmonize, ds_t1w_wf, [("out_file", "inputnode.std_t1w_harmonized"),
-                                ("metrics", "inputnode.metrics"),
-                                ("harmonization", "inputnode.harmonization")]),
-        (xfm_node, ds_t1w_wf, [(xfm_field, "inputnode.t1w2std_xfm")]),
-        (ds_t1w_wf, outputnode, [("outputnode.t1w_harmonized", "t1w_harmonized"),
-                                 ("outputnode.std_t1w_harmonized", "std_t1w_harmonized"),
-                                 ("outputnode.t1w2std_xfm", "t1w2std_xfm")]),
-        (harmonize, outputnode, [("metrics", "metrics")]),
+        (inputnode, register, [("moving_image", "moving"), ("reference", "fixed")]),
+        (register, outputnode, [("out_transform", "transform")]),
     ])
     # fmt: on
     return workflow

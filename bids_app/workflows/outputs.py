@@ -61,20 +61,25 @@ def init_ds_t1w_wf(
         Paths of the written derivatives.
     """
     workflow = pe.Workflow(name=name)
-    inputnode = pe.Node(
-        niu.IdentityInterface(
-            fields=["source_file", "t1w_harmonized", "std_t1w_harmonized", "t1w2std_xfm",
-                    "metrics", "harmonization"]
-        ),
-        name="inputnode",
-    )
-    outputnode = pe.Node(
-        niu.IdentityInterface(fields=["t1w_harmonized", "std_t1w_harmonized", "t1w2std_xfm"]),
-        name="outputnode",
-    )
+    inputnode = pe.Node(niu.IdentityInterface(fields=[
+        "source_file", "t1w_harmonized", "std_t1w_harmonized", "t1w2std_xfm", "metrics",
+        "harmonization"]), name="inputnode")
+    outputnode = pe.Node(niu.IdentityInterface(
+        fields=["t1w_harmonized", "std_t1w_harmonized", "t1w2std_xfm"]), name="outputnode")
     common = {"base_directory": str(output_dir), "bids_dir": str(bids_dir)}
-    described = {"prior": dict(prior or {})}
+    described = {"prior": dict(prior or {}), **common}
 
+    # the native image comes last: no derivative is written before it exists
+    ds_t1w2std_xfm = _add_ds_t1w2std_xfm(workflow, inputnode, outputnode, space=space,
+                                         common=common)
+    _add_ds_std_t1w(workflow, inputnode, outputnode, ds_t1w2std_xfm, space=space,
+                    resolution=resolution, described=described)
+    _add_ds_t1w(workflow, inputnode, outputnode, described=described)
+    return workflow
+
+
+def _add_ds_t1w2std_xfm(workflow, inputnode, outputnode, *, space, common):
+    """Add ``ds_t1w2std_xfm`` (the T1w-to-reference transform, no sidecar); return it."""
     ds_t1w2std_xfm = pe.Node(
         DerivativesDataSink(
             suffix="xfm",
@@ -86,6 +91,21 @@ def init_ds_t1w_wf(
         name="ds_t1w2std_xfm",
         run_without_submitting=True,
     )
+    # fmt: off
+    workflow.connect([
+        (inputnode, ds_t1w2std_xfm, [("source_file", "source_file"),
+                                     ("t1w2std_xfm", "in_file"),
+                                     ("t1w_harmonized", "wait_for")]),
+        (ds_t1w2std_xfm, outputnode, [("out_file", "t1w2std_xfm")]),
+    ])
+    # fmt: on
+    return ds_t1w2std_xfm
+
+
+def _add_ds_std_t1w(workflow, inputnode, outputnode, ds_t1w2std_xfm, *, space, resolution,
+                    described):
+    """Add ``ds_std_t1w`` (the harmonized image on the reference grid, its sidecar naming
+    the transform among its sources)."""
     ds_std_t1w = pe.Node(
         DerivativesDataSink(
             suffix="T1w",
@@ -93,40 +113,39 @@ def init_ds_t1w_wf(
                       "desc": "harmonized"},
             resolution=float(resolution),
             **described,
-            **common,
         ),
         name="ds_std_t1w",
         run_without_submitting=True,
     )
-    ds_t1w = pe.Node(
-        DerivativesDataSink(suffix="T1w", entities={"desc": "harmonized"}, **described,
-                            **common),
-        name="ds_t1w",
-        run_without_submitting=True,
-    )
-
     # fmt: off
     workflow.connect([
-        # the native image comes last: no derivative is written before it exists
-        (inputnode, ds_t1w2std_xfm, [("source_file", "source_file"),
-                                     ("t1w2std_xfm", "in_file"),
-                                     ("t1w_harmonized", "wait_for")]),
         (inputnode, ds_std_t1w, [("source_file", "source_file"),
                                  ("std_t1w_harmonized", "in_file"),
                                  ("metrics", "metrics"),
                                  ("harmonization", "harmonization"),
                                  ("t1w_harmonized", "wait_for")]),
         (ds_t1w2std_xfm, ds_std_t1w, [("out_file", "sources")]),
+        (ds_std_t1w, outputnode, [("out_file", "std_t1w_harmonized")]),
+    ])
+    # fmt: on
+
+
+def _add_ds_t1w(workflow, inputnode, outputnode, *, described):
+    """Add ``ds_t1w`` (the harmonized image on the native grid and its sidecar)."""
+    ds_t1w = pe.Node(
+        DerivativesDataSink(suffix="T1w", entities={"desc": "harmonized"}, **described),
+        name="ds_t1w",
+        run_without_submitting=True,
+    )
+    # fmt: off
+    workflow.connect([
         (inputnode, ds_t1w, [("source_file", "source_file"),
                              ("t1w_harmonized", "in_file"),
                              ("metrics", "metrics"),
                              ("harmonization", "harmonization")]),
         (ds_t1w, outputnode, [("out_file", "t1w_harmonized")]),
-        (ds_std_t1w, outputnode, [("out_file", "std_t1w_harmonized")]),
-        (ds_t1w2std_xfm, outputnode, [("out_file", "t1w2std_xfm")]),
     ])
     # fmt: on
-    return workflow
 
 
 def init_ds_report_wf(*, subject_id, bids_dir, output_dir, name="ds_report_wf"):
