@@ -105,6 +105,7 @@ def fake_harmonize_volume(volume, bundle, *, method=None, params=None, device=No
     result = {
         "method": method or "flow-intensity",
         "params": {"knots": 3, "steps": 1, **(params or {})},
+        "decision": {"selected": "identity", "gamma": 1.0},
         "lut": np.tile(np.linspace(0, 1, 5), (z, 1)),
         "low": np.zeros(z),
         "high": np.full(z, 100.0),

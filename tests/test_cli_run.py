@@ -150,6 +150,9 @@ def test_participant_run(capsys, bids_skeleton, dirs, fake_library, validator):
     assert meta["Prior"] == {"Name": "fake_prior", "Version": "0.0.test", "SHA256": "0" * 64}
     assert meta["Harmonization"]["Method"] == "flow-intensity"
     assert meta["Harmonization"]["Device"] == "cpu"
+    # hyperparameters flat, what the method decided for this image apart
+    assert meta["Harmonization"]["Knots"] == 3 and "Selected" not in meta["Harmonization"]
+    assert meta["Harmonization"]["Decision"] == {"Selected": "identity", "Gamma": 1.0}
     assert meta["Metrics"]["NCCToSource"] == pytest.approx(0.99)
     assert not any(".tmp" in n for n in names)
 

@@ -87,6 +87,10 @@ def test_participant_run_writes_derivatives(participant_run, shifted_dataset):
     sidecar = json.loads(_derivative(out, "2").with_suffix("").with_suffix(".json").read_text())
     assert sidecar["Prior"]["SHA256"] == load_bundle().sha256
     assert sidecar["SkullStripped"] is False
+    harmonization = sidecar["Harmonization"]
+    assert harmonization["Method"] == "flow-intensity"  # the shipped prior's own method
+    assert harmonization["Decision"]["Selected"] in ("identity", "power", "quantile")
+    assert "Population" not in harmonization and "Population" not in harmonization["Decision"]
     description = json.loads((out / "dataset_description.json").read_text())
     assert description["DatasetType"] == "derivative"
 

@@ -69,4 +69,9 @@ def test_the_shipped_prior_resolves_for_every_method():
         assert method == name and isinstance(params, METHODS[name].params)
     _, params = resolve_params(bundle, "flow-intensity")
     assert params.population and params.population_brain  # calibrated on its training data
+    # paper: the paper's cosine step on the prior's grid, as a new bundle would record it
+    from bids_app.harmonize.paper import grid_beta1
+
+    _, paper = resolve_params(bundle, "paper")
+    assert paper.beta1 == PaperParams.beta1 == round(grid_beta1(bundle.reference.shape[:2]), 1)
     assert params.gamma_bias == bundle.harmonization["flow-intensity"]["gamma_bias"]

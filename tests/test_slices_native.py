@@ -113,16 +113,6 @@ def test_scoring_slices_hold_the_most_head(reference_slices):
     assert list(scoring_slice_indices(slices, few, 24)) == list(np.nonzero(few)[0])
 
 
-def test_scoring_slices_match_harmonize_volume(reference_slices):
-    """The copy in preprocess behaves as :mod:`bids_app.harmonize.volume`'s."""
-    from bids_app.harmonize import volume
-
-    slices, valid = reference_slices
-    for n in (1, 4, 24, 200):
-        np.testing.assert_array_equal(scoring_slice_indices(slices, valid, n),
-                                      volume.scoring_slice_indices(slices, valid, n))
-
-
 def test_intensity_maps_extend_linearly_and_keep_order(native):
     data = np.asanyarray(native.dataobj, dtype=np.float64)
     identity = np.linspace(0.0, 1.0, 9)
@@ -141,22 +131,6 @@ def test_intensity_maps_extend_linearly_and_keep_order(native):
     assert steps[0] == pytest.approx(steps[1])
     assert steps[0] / 10.0 == pytest.approx((gamma[-1] - gamma[-2]) * 32, rel=1e-9)
     np.testing.assert_allclose(interp_extended([0.0, 1.0], gamma), [0.0, 1.0])
-
-
-def test_intensity_maps_match_harmonize_intensity(native):
-    """The copies in preprocess behave as :mod:`bids_app.harmonize.intensity`'s."""
-    from bids_app.harmonize import intensity
-
-    data = np.asanyarray(native.dataobj, dtype=np.float64)
-    values = np.sort(np.random.default_rng(2).uniform(0, 1, 17))
-    values[0], values[-1] = 0.0, 1.0
-    np.testing.assert_array_equal(apply_global_map(data, values, 0.8 * data.max()),
-                                  intensity.apply_global_map(data, values, 0.8 * data.max()))
-    np.testing.assert_array_equal(apply_slice_map(data, values, 50.0, 400.0),
-                                  intensity.apply_slice_map(data, values, 50.0, 400.0))
-    np.testing.assert_array_equal(interp_extended(data / data.max() * 1.4 - 0.2, values),
-                                  intensity.interp_extended(data / data.max() * 1.4 - 0.2,
-                                                            values))
 
 
 def _random_scales(seed=0):

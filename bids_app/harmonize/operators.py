@@ -63,9 +63,9 @@ def edge_mask(xs, *, percentile=30.0, intensity=0.05):
     noisy (15-19 % of the slices holding head have an empty mask): without the condition
     the mask covers background noise on the others and the edge step roughens it, 0.01-0.03
     lower SSIM than no edge term at all on validation slices, where the paper's ablation
-    (beta2 = 0) changes nothing. With it, the edge term is within 0.002 SSIM and 0.1 dB of
-    none (docs/method.md). An earlier rule (per direction, "at most" the percentile) was
-    as close; this one keeps the paper's comparison.
+    (beta2 = 0) changes nothing. With it, the edge term costs at most 0.003 SSIM and
+    0.16 dB against none (docs/method.md). An earlier rule (per direction, "at most" the
+    percentile) was closer still (0.001, 0.04 dB); this one keeps the paper's comparison.
     """
     gx, gy = sobel(xs)
     magnitude = torch.sqrt(gx**2 + gy**2).flatten(1)
