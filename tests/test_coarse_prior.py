@@ -17,32 +17,22 @@ from bids_app.preprocess.slices import downsample_slices, normalize_slices
 
 
 @pytest.fixture(scope="module")
-def shipped(lib_shipped_bundle):
-    return lib_shipped_bundle
-
-
-@pytest.fixture(scope="module")
-def volume(lib_reference_volume):
-    return lib_reference_volume
-
-
-@pytest.fixture(scope="module")
-def coarse_bundle(shipped):
+def coarse_bundle(lib_shipped_bundle):
     from lib_fixtures import lib_make_flow
 
-    height, width = shipped.reference.shape[:2]
+    height, width = lib_shipped_bundle.reference.shape[:2]
     flow = lib_make_flow((height // 2, width // 2), seed=3)
     return PriorBundle(
-        flow=flow, reference=shipped.reference, space=shipped.space,
-        x0=torch.from_numpy(downsample_slices(shipped.x0.numpy(), 2)),
+        flow=flow, reference=lib_shipped_bundle.reference, space=lib_shipped_bundle.space,
+        x0=torch.from_numpy(downsample_slices(lib_shipped_bundle.x0.numpy(), 2)),
         name="coarse-test-prior",
-        preprocessing={**shipped.preprocessing, "downsample": 2},
+        preprocessing={**lib_shipped_bundle.preprocessing, "downsample": 2},
         harmonization={"method": "flow-intensity"},
     )
 
 
-def test_prior_grid_is_the_training_downsampling(volume, coarse_bundle):
-    slices, _, _, valid = normalize_slices(volume)
+def test_prior_grid_is_the_training_downsampling(lib_reference_volume, coarse_bundle):
+    slices, _, _, valid = normalize_slices(lib_reference_volume)
     slices = slices[valid]
     fine = torch.from_numpy(slices)
     coarse = prior_grid(coarse_bundle.flow, fine, renormalize=True)
@@ -58,7 +48,8 @@ def test_prior_grid_is_the_training_downsampling(volume, coarse_bundle):
     np.testing.assert_allclose(bpd_fine, bpd_coarse, rtol=1e-5)
 
 
-def test_coarse_prior_harmonizes_at_full_resolution(volume, coarse_bundle):
+def test_coarse_prior_harmonizes_at_full_resolution(lib_reference_volume, coarse_bundle):
+    volume = lib_reference_volume
     shifted = (volume / volume.max()) ** 1.5 * 1000.0
     out, result = harmonize_volume(shifted, coarse_bundle, progress=False)
     assert out.shape == volume.shape
@@ -74,6 +65,6 @@ def test_coarse_prior_harmonizes_at_full_resolution(volume, coarse_bundle):
     assert len(result["metrics"]["SliceBitsPerDim"]) == volume.shape[2]
 
 
-def test_paper_method_refuses_a_coarse_prior(volume, coarse_bundle):
+def test_paper_method_refuses_a_coarse_prior(lib_reference_volume, coarse_bundle):
     with pytest.raises(ValueError, match="reference grid"):
-        harmonize_volume(volume, coarse_bundle, method="paper", progress=False)
+        harmonize_volume(lib_reference_volume, coarse_bundle, method="paper", progress=False)

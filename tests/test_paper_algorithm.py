@@ -6,13 +6,11 @@ IXI-HH fixture subject (IXI052, never used to train the prior) registered to the
 prior's grid, with the shipped prior's mean training slices as the start.
 """
 
-import nibabel as nb
 import numpy as np
 import pytest
 import torch
 from scipy.ndimage import zoom
 
-from bids_app.flow.bundle import load_bundle
 from bids_app.harmonize.methods import PaperParams, resolve_params
 from bids_app.harmonize.operators import cosine_similarity
 from bids_app.harmonize.paper import (
@@ -23,7 +21,6 @@ from bids_app.harmonize.paper import (
     grid_beta1,
     quantize,
 )
-from bids_app.preprocess.registration import register_affine, resample_to_grid
 from bids_app.preprocess.slices import normalize_slices, scoring_slice_indices
 
 #: The package's settings of Algorithm 1.
@@ -33,18 +30,15 @@ SHAPE = (16, 16)
 
 
 @pytest.fixture(scope="module")
-def bundle():
-    return load_bundle()
+def bundle(lib_shipped_bundle):
+    return lib_shipped_bundle
 
 
 @pytest.fixture(scope="module")
-def real(bundle, lib_t1w_path):
+def real(bundle, lib_reference_volume):
     """Four informative normalized slices of IXI052 on the prior's grid, and the prior's
     mean training slices at the same positions (Algorithm 1's start in the app)."""
-    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
-    matrix = register_affine(img, bundle.reference, num_threads=1)
-    volume = np.asarray(resample_to_grid(img, bundle.reference, matrix), dtype=np.float32)
-    slices, _, _, valid = normalize_slices(volume)
+    slices, _, _, valid = normalize_slices(lib_reference_volume)
     index = scoring_slice_indices(slices, valid, 4)
     return torch.from_numpy(slices[index]), bundle.x0[index].clone()
 
@@ -270,15 +264,13 @@ def test_the_cosine_step_is_the_papers_step_on_our_grid(real):
     assert torch.equal(default, given)
 
 
-def test_paper_method_maps_are_smoothed_across_slices(bundle, lib_t1w_path):
+def test_paper_method_maps_are_smoothed_across_slices(bundle, lib_reference_volume):
     """Real data, shipped prior: smoothing the per-slice maps removes striping."""
     from bids_app.evaluation.metrics import striping, white_matter_mask
     from bids_app.harmonize.volume import harmonize_volume
     from bids_app.preprocess.intensity_maps import interp_extended
 
-    img = nb.as_closest_canonical(nb.load(str(lib_t1w_path)))
-    matrix = register_affine(img, bundle.reference, num_threads=1)
-    volume = np.asarray(resample_to_grid(img, bundle.reference, matrix), dtype=np.float32)
+    volume = lib_reference_volume
     wm = white_matter_mask(volume)
     # unsmoothed with beta1 fixed; smoothed with the automatic beta1
     runs = {sigma: harmonize_volume(volume, bundle, method="paper", progress=False,
