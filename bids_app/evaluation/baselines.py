@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..harmonize.quantiles import ANCHOR, LEVELS, quantile_map, relative
+from ..preprocess.intensity_maps import interp_extended
 from .metrics import minmax
-
-LEVELS = np.linspace(0.5, 99.5, 100)
 
 
 def foreground_quantiles(volume, levels=LEVELS, threshold=0.05):
@@ -68,16 +68,13 @@ def histogram_match(volume, reference_quantiles, levels=LEVELS, *, threshold=0.0
         float32, the shape of ``volume``, in the population's min-max normalized units
         (0 stays 0; the brightest voxels may exceed 1).
     """
-    from ..preprocess.intensity_maps import interp_extended
-    from ..harmonize.quantiles import ANCHOR, quantile_map, relative, volume_quantiles
-
     levels = np.asarray(levels, dtype=np.float64)
     anchor = int(np.argmin(np.abs(levels - ANCHOR)))
     if abs(levels[anchor] - ANCHOR) > 1e-6:
         raise ValueError(f"levels must include the anchor percentile {ANCHOR}")
     reference = np.asarray(reference_quantiles, dtype=np.float64)
     x = minmax(volume)
-    source = volume_quantiles(x, x > threshold, levels)
+    source = foreground_quantiles(volume, levels, threshold)
     values = quantile_map(source, relative(reference, levels), n_knots, levels=levels)
     # quantile_map keeps the source's anchor quantile: rescale to the population's units
     scale = reference[anchor] / source[anchor]

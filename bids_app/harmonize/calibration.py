@@ -29,14 +29,14 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     """
     from ..flow.bundle import load_bundle
     from ..preprocess.masks import inner_brain, template_brain_mask
-    from .methods import default_record
+    from .methods import default_record, resolve_params
     from .domain import calibrate_domain
     from .evidence import calibrate_tissue_order
     from .intensity import calibrate_power_map
     from .quantiles import population_statistics, reference_mask
 
     bundle = load_bundle(bundle_path, device=device)
-    scoring = bundle.harmonization.get("flow-intensity", {}).get("scoring_slices", 24)
+    scoring = resolve_params(bundle, "flow-intensity")[1].scoring_slices
     with torch.no_grad():
         calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring)
     record = default_record()

@@ -18,6 +18,8 @@ import numpy as np
 import torch
 
 from ..preprocess.intensity_maps import apply_slice_map
+from ..preprocess.slices import normalize_slices, scoring_slice_indices, volume_to_slices
+from .criterion import normalize, prior_grid
 
 
 def apply_map(x, values):
@@ -57,8 +59,6 @@ def map_and_normalize(u, values):
     ``u`` is ``(B, 1, H, W)``, ``values`` the knot values of ``g``; returns ``(x, span)``
     with ``span`` of shape ``(B,)``.
     """
-    from .criterion import normalize
-
     return normalize(apply_map(u, values))
 
 
@@ -123,8 +123,6 @@ def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segment
 
     Returns ``(gamma, loss value, loss function of log gamma)``; losses in bits per pixel.
     """
-    from .criterion import prior_grid
-
     u = prior_grid(flow, u)
     counts = torch.stack([segment_counts(s, n_segments) for s in u])
     loss = power_map_loss(flow, u, counts)
@@ -214,9 +212,6 @@ def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5):
         ``gamma_bias`` (geometric mean of the estimates), ``gate_bits`` and the per-volume
         estimates.
     """
-    from ..preprocess.slices import normalize_slices, volume_to_slices
-    from ..preprocess.slices import scoring_slice_indices
-
     estimates = []
     for volume in volumes:
         slices, _, _, valid = normalize_slices(volume)
