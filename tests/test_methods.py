@@ -75,3 +75,6 @@ def test_the_shipped_prior_resolves_for_every_method():
     _, paper = resolve_params(bundle, "paper")
     assert paper.beta1 == PaperParams.beta1 == round(grid_beta1(bundle.reference.shape[:2]), 1)
     assert params.gamma_bias == bundle.harmonization["flow-intensity"]["gamma_bias"]
+    # calibrated before the span term counted the moving pixels only: kept as it was
+    assert "span_pixels" not in bundle.harmonization["flow-intensity"]
+    assert params.span_pixels == "all"

@@ -186,6 +186,8 @@ def test_train_cli_end_to_end_and_resume(lib_bids_dir, tmp_path, capsys):
     assert bundle.training["steps"] == bundle.metrics["best_step"] in (3, 6)
     assert math.isfinite(bundle.metrics["val_bits_per_dim"])
     assert bundle.harmonization["method"] in ("flow-intensity", "paper")
+    # a new calibration records the criterion it was measured with
+    assert bundle.harmonization["flow-intensity"]["span_pixels"] == "counted"
 
     first = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     assert first["train_state"]["step"] == 6

@@ -58,6 +58,24 @@ def get_parser():
     model.add_argument("--mask-augmentation", type=float, default=0.0, metavar="SHARE",
                        help="skull-strip this share of the training slices with the "
                             "template's brain mask (a geometric augmentation)")
+    model.add_argument("--mask-edges", choices=["hard", "soft"], default="hard",
+                       help="with --downsample 2, mask on the prior's grid (hard) or on the "
+                            "reference grid and block-average the mask (soft, as a brain "
+                            "extraction at full resolution looks at 4 mm)")
+    model.add_argument("--contrast-ranking", type=float, default=0.0, metavar="WEIGHT",
+                       help="add the contrast-ranking hinge with this weight: the prior learns "
+                            "to prefer each training slice over a random contrast change of "
+                            "it, with the change of variables (bids_app.flow.ranking); 0: "
+                            "maximum likelihood alone")
+    model.add_argument("--ranking-temperature", type=float, default=0.01, metavar="BITS",
+                       help="softness of the ranking hinge in bits/pixel")
+    model.add_argument("--ranking-adversaries", type=int, default=0, metavar="N",
+                       help="with --contrast-ranking, half of the negatives come from a bank "
+                            "of N adversarial maps that follow the prior's own preferences "
+                            "(bids_app.flow.ranking.AdversaryBank)")
+    model.add_argument("--init-from", type=Path, default=None, metavar="FILE",
+                       help="start from the weights of this bundle or checkpoint (a new "
+                            "optimizer and schedule; ignored when --resume finds a checkpoint)")
     run = parser.add_argument_group("Running")
     run.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     run.add_argument("--nthreads", "--omp-nthreads", type=int, default=None,
@@ -244,7 +262,7 @@ def train(opts):
         validate_every=opts.validate_every, checkpoint_every=opts.checkpoint_every,
         on_checkpoint=on_checkpoint, on_best=on_best, flip=not opts.no_flip,
         max_seconds=None if opts.max_minutes is None else opts.max_minutes * 60,
-        augment=slices.augment,
+        augment=slices.augment, ranking=_ranking(opts),
     )
     if calibrate and state.step >= opts.steps:
         # once, when the schedule is done (a run cut by --max-minutes goes on with --resume)
@@ -274,6 +292,11 @@ def _check_options(opts):
         raise UsageError("--steps and --batch-size must be positive")
     if not 0 <= opts.validation_fraction < 1:
         raise UsageError("--validation-fraction must be in [0, 1)")
+    if opts.contrast_ranking < 0 or opts.ranking_temperature <= 0:
+        raise UsageError("--contrast-ranking must be >= 0 and --ranking-temperature > 0")
+    if opts.contrast_ranking > 0 and opts.contrast_augmentation:
+        raise UsageError("--contrast-ranking teaches a target prior to reject contrast "
+                         "changes; the --contrast-augmentation companion accepts them")
     filters = load_bids_filters(opts.bids_filter_file) if opts.bids_filter_file else None
     return device, filters
 
@@ -319,15 +342,22 @@ def _make_flow(opts, ckpt_path, shape, device):
     from ..flow.model import SliceFlow, flow_config
     from ..flow.training import TrainState, make_optimizer
 
-    if opts.resume:
+    init = None
+    if opts.resume and (ckpt_path.is_file() or opts.init_from is None):
         if not ckpt_path.is_file():
             raise MissingInputError(f"{ckpt_path}: no checkpoint to resume from")
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         config = ckpt["flow_config"]
+    elif opts.init_from is not None:
+        ckpt, init = None, _initial_weights(opts.init_from, shape)
+        config = init["flow_config"]
     else:
         ckpt = None
         config = flow_config(opts.preset, shape=shape)
     flow = SliceFlow(config).to(device)
+    if init is not None:
+        flow.load_state_dict(init["state_dict"])
+        print(f"Starting from the weights of {opts.init_from}", file=sys.stderr)
     optimizer, scheduler = make_optimizer(flow, lr=opts.lr, steps=opts.steps)
     state = TrainState()
     if ckpt is not None:
@@ -339,6 +369,22 @@ def _make_flow(opts, ckpt_path, shape, device):
         print(f"Resuming at step {state.step} (best validation {state.best_bpd:.4f} bits/dim)",
               file=sys.stderr)
     return flow, config, optimizer, scheduler, state
+
+
+def _initial_weights(path, shape):
+    """``{"flow_config", "state_dict"}`` of a bundle or checkpoint for ``--init-from``."""
+    import torch
+
+    if not Path(path).is_file():
+        raise MissingInputError(f"{path}: no bundle or checkpoint to start from")
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(payload, dict) or "state_dict" not in payload:
+        raise UsageError(f"{path}: not a prior bundle or checkpoint (no weights)")
+    config = payload["flow_config"]
+    if tuple(config["shape"]) != tuple(shape):
+        raise UsageError(f"{path}: its flow's slices are {tuple(config['shape'])}, this run's "
+                         f"are {tuple(shape)} (--downsample)")
+    return payload
 
 
 def _prior_images(opts, data, train_idx, val_subjects, reference):
@@ -387,6 +433,9 @@ def _training_record(opts, current, *, subjects, slices, flow, config, device):
         "flip_augmentation": not opts.no_flip,
         "contrast_augmentation": bool(opts.contrast_augmentation),
         "mask_augmentation": float(opts.mask_augmentation),
+        "mask_edges": opts.mask_edges,
+        "contrast_ranking": _ranking(opts).as_record() if _ranking(opts) else None,
+        "initialized_from": opts.init_from.name if opts.init_from else None,
         "device": str(device),
         "threads": opts.nthreads,
         "wall_seconds": current.history[-1]["seconds"] if current.history
@@ -422,7 +471,8 @@ def _bundle_writer(opts, bundle_path, record, *, prior, reference, ref_path):
                 "downsample": opts.downsample,
             },
             training=record(current),
-            metrics={"val_bits_per_dim": round(current.best_bpd, 4),
+            metrics={"val_bits_per_dim": current.history[-1]["val_bits_per_dim"]
+                     if current.history else round(current.best_bpd, 4),
                      "best_step": current.best_step},
             harmonization=_harmonization_defaults(bundle_path),
         )
@@ -471,19 +521,33 @@ def _augmentation(opts, positions, factor, grid):
         if brain.shape != grid:
             raise UsageError(f"--mask-augmentation needs the shipped reference grid "
                              f"{brain.shape}, not {grid}")
-        masks = block_mean(volume_to_slices(brain), factor) > 0.5
+        masks = volume_to_slices(brain) > 0.5
+        if opts.mask_edges == "hard" or factor == 1:
+            masks, fine = block_mean(masks.astype("float32"), factor) > 0.5, 1
+        else:
+            fine = factor
     if masks is None and not opts.contrast_augmentation:
         return None
 
     def augment(batch, index, rng):
         if masks is not None:
             batch = random_brain_masking(batch, masks[positions[index]], rng,
-                                         share=opts.mask_augmentation)
+                                         share=opts.mask_augmentation, factor=fine)
         if opts.contrast_augmentation:
             batch = random_contrast(batch, rng)
         return batch
 
     return augment
+
+
+def _ranking(opts):
+    """The ranking term asked for (``--contrast-ranking``), or None."""
+    from ..flow.ranking import Ranking
+
+    if opts.contrast_ranking <= 0:
+        return None
+    return Ranking(weight=opts.contrast_ranking, temperature=opts.ranking_temperature,
+                   adversaries=opts.ranking_adversaries)
 
 
 def _stretch_cosine(optimizer, scheduler, steps):

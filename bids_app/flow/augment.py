@@ -70,16 +70,20 @@ def random_contrast(batch, rng, *, identity=IDENTITY_SHARE):
     return out.astype(np.float32)
 
 
-def random_brain_masking(batch, masks, rng, *, share=0.2, max_shift=2):
+def random_brain_masking(batch, masks, rng, *, share=0.2, max_shift=2, factor=1):
     """Skull-strip a random ``share`` of the slices with their brain-mask slices.
 
     A geometric change, not an intensity one: the slice keeps its contrast inside the
     brain and is zero outside, as a brain extraction leaves it. Each mask is dilated or
     eroded by up to ``max_shift`` pixels first (brain-extraction tools disagree on the
     edge). ``masks`` are boolean ``(B, 1, H, W)``, the template's brain mask at each slice's
-    position; slices are min-max normalized again.
+    position, on a grid ``factor`` times finer than the slices: the mask is then
+    block-averaged to the slices' grid, so that its edge is soft, as a brain extraction at
+    the finer resolution leaves it on the coarse grid. Slices are min-max normalized again.
     """
     from scipy.ndimage import binary_dilation, binary_erosion
+
+    from ..preprocess.slices import block_mean
 
     out = np.array(batch, dtype=np.float32, copy=True)
     for i in range(len(out)):
@@ -91,6 +95,8 @@ def random_brain_masking(batch, masks, rng, *, share=0.2, max_shift=2):
             mask = binary_dilation(mask, iterations=shift)
         elif shift < 0:
             mask = binary_erosion(mask, iterations=-shift)
+        if factor > 1:
+            mask = block_mean(mask[None, None].astype(np.float32), factor)[0, 0]
         x = out[i, 0] * mask
         high = float(x.max())
         out[i, 0] = x / high if high > 0 else 0.0

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .model import dequantize
+from .model import QUANT_LEVELS, dequantize
+from .ranking import AdversaryBank, negatives, ranking_loss, ranking_margin, validation_pairs
 
 
 def select_device(device="auto"):
@@ -55,27 +56,10 @@ def make_optimizer(flow, *, lr, steps):
     return optimizer, scheduler
 
 
-def train_flow(
-    flow,
-    train_slices,
-    val_slices,
-    *,
-    steps,
-    batch_size=16,
-    lr=5e-4,
-    seed=0,
-    optimizer=None,
-    scheduler=None,
-    state=None,
-    validate_every=200,
-    checkpoint_every=200,
-    on_checkpoint=None,
-    on_best=None,
-    flip=True,
-    progress=True,
-    max_seconds=None,
-    augment=None,
-):
+def train_flow(flow, train_slices, val_slices, *, steps, batch_size=16, lr=5e-4, seed=0,
+               optimizer=None, scheduler=None, state=None, validate_every=200,
+               checkpoint_every=200, on_checkpoint=None, on_best=None, flip=True,
+               progress=True, max_seconds=None, augment=None, ranking=None):
     """Train ``flow`` by maximum likelihood on dequantized slices.
 
     Parameters
@@ -98,6 +82,10 @@ def train_flow(
         ``augment(batch, index, rng) -> batch`` on numpy ``(B, 1, H, W)`` slices (the
         training slices at ``index``) before dequantization: the companion's random
         contrast, the masking of :mod:`bids_app.flow.augment`.
+    ranking : bids_app.flow.ranking.Ranking, optional
+        Add the contrast-ranking hinge (:mod:`bids_app.flow.ranking`): one negative per
+        training slice; validation also reports the hinge and the ranking of fixed pairs,
+        and the best model has the lowest bits/dim plus weighted hinge.
 
     Returns
     -------
@@ -113,20 +101,23 @@ def train_flow(
     if state.step == 0:
         _initialize_actnorm(flow, train_slices, rng, generator)
 
+    pairs, bank = _ranking_setup(ranking, flow, train_slices, val_slices, seed, state.step)
     bar = tqdm(total=steps, initial=state.step, disable=not progress, unit="step",
                dynamic_ncols=True)
     started = time.perf_counter()
     running = None
     while state.step < steps:
         batch = _sample_batch(train_slices, rng, generator, batch_size=batch_size,
-                              flip=flip, augment=augment).to(flow.device)
-        running = _train_step(flow, optimizer, scheduler, batch, state, running, bar)
+                              flip=flip, augment=augment, ranking=ranking)
+        running = _train_step(flow, optimizer, scheduler, batch, state, running, bar,
+                              ranking=ranking, bank=bank, generator=generator)
         elapsed = time.perf_counter() - started
         out_of_time = max_seconds is not None and elapsed >= max_seconds
         last = state.step >= steps or out_of_time
         if state.step % validate_every == 0 or last:
             _validate(flow, val_slices, state, running=running, elapsed=elapsed,
-                      on_best=on_best, write=bar.write)
+                      on_best=on_best, write=bar.write, ranking=ranking, pairs=pairs,
+                      bank=bank)
         if on_checkpoint is not None and (state.step % checkpoint_every == 0 or last):
             _checkpoint(on_checkpoint, flow, optimizer, scheduler, state, elapsed=elapsed)
         if out_of_time:
@@ -135,6 +126,16 @@ def train_flow(
     state.seconds += time.perf_counter() - started
     flow.eval()
     return state
+
+
+def _ranking_setup(ranking, flow, train_slices, val_slices, seed, step):
+    """The fixed validation pairs and the adversary bank of ``ranking`` (None, None without)."""
+    if ranking is None:
+        return None, None
+    pairs = validation_pairs(val_slices, seed=seed + 1, field_share=ranking.field_share)
+    bank = AdversaryBank(ranking.adversaries, train_slices.shape[-2:], lr=ranking.adversary_lr,
+                         seed=seed + step, device=flow.device) if ranking.adversaries else None
+    return pairs, bank
 
 
 def _random_streams(seed):
@@ -152,11 +153,13 @@ def _initialize_actnorm(flow, train_slices, rng, generator):
                         generator=generator).to(flow.device))
 
 
-def _sample_batch(train_slices, rng, generator, *, batch_size, flip, augment):
+def _sample_batch(train_slices, rng, generator, *, batch_size, flip, augment, ranking=None):
     """One dequantized training batch (CPU tensor ``(B, 1, H, W)``).
 
     Draws, in this order: the slice indices and whatever ``augment`` draws from ``rng``,
     the left-right flips from ``rng``, then the dequantization noise from ``generator``.
+    With ``ranking``, the negatives are drawn from ``rng`` after the flips and dequantized
+    after the batch: the result is ``(batch, negatives, jacobian, clean batch)``.
     """
     index = rng.integers(0, len(train_slices), size=batch_size)
     batch = train_slices[index]
@@ -166,20 +169,29 @@ def _sample_batch(train_slices, rng, generator, *, batch_size, flip, augment):
     if flip:
         flips = torch.from_numpy(rng.random(batch_size) < 0.5)
         batch[flips] = batch[flips].flip(-2)
-    return dequantize(batch, generator=generator)
+    if ranking is None:
+        return dequantize(batch, generator=generator)
+    negative, jacobian = negatives(batch.numpy(), rng, field_share=ranking.field_share)
+    return (dequantize(batch, generator=generator),
+            dequantize(torch.from_numpy(negative), generator=generator),
+            torch.from_numpy(jacobian), batch)
 
 
-def _train_step(flow, optimizer, scheduler, batch, state, running, bar):
-    """One Adam step on the batch's mean bits/dim (gradients clipped at norm 5).
+def _train_step(flow, optimizer, scheduler, batch, state, running, bar, ranking=None,
+                bank=None, generator=None):
+    """One Adam step on the batch's mean bits/dim (gradients clipped at norm 5), plus the
+    weighted ranking hinge with ``ranking``.
 
     Advances ``state.step`` and the progress bar; returns the running mean of the loss
     (exponential, weight 0.02 on the new value; the loss itself at the first step).
     """
-    loss = flow.bits_per_dim(batch).mean()
+    loss = _loss(flow, batch, ranking, bank, generator)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(flow.parameters(), 5.0)
     optimizer.step()
+    if bank is not None:
+        bank.step()
     scheduler.step()
     state.step += 1
     value = float(loss.detach())
@@ -189,8 +201,71 @@ def _train_step(flow, optimizer, scheduler, batch, state, running, bar):
     return running
 
 
-def _validate(flow, val_slices, state, *, running, elapsed, on_best, write):
-    """Record the validation bits/dim in ``state.history``; call ``on_best`` on a new best."""
+def _loss(flow, batch, ranking, bank=None, generator=None):
+    """The batch's mean bits/dim, plus the weighted ranking hinge with ``ranking``.
+
+    With an :class:`~bids_app.flow.ranking.AdversaryBank`, the second half of the
+    negatives are the bank's maps of the clean slices (dequantized by ``generator``'s
+    noise, without rounding, so that the margin is differentiable in the maps), and the
+    bank takes its step on their margins.
+    """
+    if ranking is None:
+        return flow.bits_per_dim(batch.to(flow.device)).mean()
+    x, y, jacobian, clean = (t.to(flow.device) for t in batch)
+    if bank is not None:
+        half = len(x) // 2
+        adversarial, adv_jacobian = bank.negatives(clean[half:], clean[half:] > 0)
+        noise = torch.rand(adversarial.shape, generator=generator).to(flow.device)
+        y = torch.cat([y[:half], adversarial + noise / QUANT_LEVELS])
+        jacobian = torch.cat([jacobian[:half].to(adv_jacobian.dtype), adv_jacobian])
+    log_p = flow.log_prob(torch.cat([x, y]))
+    bits = flow._bits(log_p[: len(x)]).mean()
+    margin = ranking_margin(log_p[: len(x)], log_p[len(x):], jacobian, flow.dim)
+    if bank is not None:
+        bank.update(margin[half:])
+    return bits + ranking.weight * ranking_loss(margin, ranking.temperature)
+
+
+@torch.no_grad()
+def evaluate_ranking(flow, pairs, *, temperature, batch_size=32, seed=0):
+    """``(mean hinge, share ranked right, median margin)`` of fixed validation pairs."""
+    was_training = flow.training
+    flow.eval()
+    generator = torch.Generator().manual_seed(seed)
+    x, y, jacobian = pairs
+    margins = []
+    for start in range(0, len(x), batch_size):
+        part = slice(start, start + batch_size)
+        xs, ys = (dequantize(torch.from_numpy(a[part]), generator=generator).to(flow.device)
+                  for a in (x, y))
+        margins.append(ranking_margin(flow.log_prob(xs), flow.log_prob(ys),
+                                      torch.from_numpy(jacobian[part]).to(flow.device),
+                                      flow.dim).cpu())
+    flow.train(was_training)
+    margin = torch.cat(margins)
+    return (float(ranking_loss(margin, temperature)), float((margin > 0).double().mean()),
+            float(margin.median()))
+
+
+def evaluate_adversaries(flow, bank, slices, *, seed=0):
+    """``(share ranked right, median margin)`` of the bank's maps on clean ``slices``."""
+    was_training = flow.training
+    flow.eval()
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(np.asarray(slices, dtype=np.float32)).to(flow.device)
+    with torch.no_grad():
+        y, jacobian = bank.negatives(x, x > 0)
+        xs = dequantize(x.cpu(), generator=generator).to(flow.device)
+        ys = y + torch.rand(y.shape, generator=generator).to(flow.device) / QUANT_LEVELS
+        margin = ranking_margin(flow.log_prob(xs), flow.log_prob(ys), jacobian, flow.dim)
+    flow.train(was_training)
+    return float((margin > 0).double().mean()), float(margin.median())
+
+
+def _validate(flow, val_slices, state, *, running, elapsed, on_best, write, ranking=None,
+              pairs=None, bank=None):
+    """Record the validation bits/dim in ``state.history``; call ``on_best`` on a new best
+    (of the bits/dim, plus the weighted ranking hinge with ``ranking``)."""
     val = evaluate_bpd(flow, val_slices)
     record = {
         "step": state.step,
@@ -198,13 +273,30 @@ def _validate(flow, val_slices, state, *, running, elapsed, on_best, write):
         "val_bits_per_dim": round(val, 4),
         "seconds": round(state.seconds + elapsed, 1),
     }
+    objective = val
+    extra = ""
+    if ranking is not None:
+        hinge, share, median = evaluate_ranking(flow, pairs, temperature=ranking.temperature)
+        objective = val + ranking.weight * hinge
+        record.update(val_ranking_hinge=round(hinge, 5), val_ranking_share=round(share, 4),
+                      val_ranking_median_margin=round(median, 5))
+        extra = f", ranking hinge {hinge:.5f}, {100 * share:.0f} % ranked right"
+        if bank is not None:
+            adversarial = evaluate_adversaries(flow, bank, pairs[0])
+            record.update(val_adversary_share=round(adversarial[0], 4),
+                          val_adversary_median_margin=round(adversarial[1], 5))
+            extra += (f"; adversaries {100 * adversarial[0]:.0f} % ranked right, median "
+                      f"margin {adversarial[1]:+.4f}")
     state.history.append(record)
     write(
+        f"step {state.step}: train {running:.4f} (loss), validation {val:.4f} "
+        f"bits/dim{extra} ({record['seconds']:.0f} s)"
+        if ranking is not None else
         f"step {state.step}: train {running:.4f} bits/dim, validation {val:.4f} "
         f"bits/dim ({record['seconds']:.0f} s)"
     )
-    if val < state.best_bpd:
-        state.best_bpd, state.best_step = val, state.step
+    if objective < state.best_bpd:
+        state.best_bpd, state.best_step = objective, state.step
         if on_best is not None:
             on_best(flow, state)
 

@@ -4,11 +4,13 @@ A source slice ``u`` is modelled as ``u = g^-1(x)`` with ``x`` a target-domain s
 from the prior and ``g`` an increasing intensity map (possibly varying smoothly in space,
 like a bias field). Its log-likelihood under that model is, by the change of variables,
 
-    log p(u | g) = log p_prior(x_n) + sum_i log g'(u_i) - D log span(x)
+    log p(u | g) = log p_prior(x_n) + sum_i log g'(u_i) - N log span(x)
 
 where ``x_n`` is ``x = g(u)`` min-max normalized per slice (the prior's input), ``span(x)``
-its range and ``D`` the number of pixels (:func:`jacobian_criterion`). The sum counts only
-pixels above ``floor`` (the background carries no intensity the 12-bit prior resolves).
+its range and ``N`` the number of pixels counted (:func:`jacobian_criterion`). Both sums
+count only pixels above ``floor``: the background's zeros carry no intensity the 12-bit
+prior resolves and do not move with the map (counting them in the span term rewards
+darker maps wherever a slice is mostly zero, as a skull-stripped slice is).
 
 With a contrast-agnostic companion (:mod:`bids_app.flow.augment`) the criterion is the
 log-ratio ``log p_target(x_n) - log p_agnostic(x_n)`` (:func:`ratio_criterion`): the
@@ -46,7 +48,8 @@ def jacobian_criterion(flow, u, x, log_slope, *, floor=0.0):
     """
     xn, span = normalize(x)
     counted = (u > floor).to(log_slope.dtype)
-    jacobian = (log_slope * counted).flatten(1).sum(1) - flow.dim * torch.log(span)
+    jacobian = ((log_slope * counted).flatten(1).sum(1)
+                - counted.flatten(1).sum(1) * torch.log(span))
     return flow.log_prob(xn) + jacobian
 
 

@@ -62,13 +62,18 @@ def map_and_normalize(u, values):
     return normalize(apply_map(u, values))
 
 
-def map_log_likelihood(flow, u, values, counts):
+def map_log_likelihood(flow, u, values, counts, *, span_pixels="counted"):
     """Log-likelihood (nats per slice) of source slices under "prior + intensity map".
 
     The source is modelled as ``u = g^-1(x)`` with ``x`` a target-domain slice drawn from
     the prior, after the per-slice min-max normalization of ``g(u)``. By the change of
-    variables, ``log p(u | g) = log p_prior(x) + sum_i log g'(u_i) - D log(g(max) - g(min))``,
-    which keeps the map from buying likelihood by flattening the image.
+    variables, ``log p(u | g) = log p_prior(x) + sum_i log g'(u_i) - N log(g(max) - g(min))``,
+    which keeps the map from buying likelihood by flattening the image. Both sums run over
+    the ``N`` counted pixels (``counts``): the background's zeros do not move with the map,
+    and counting them in the span term would reward darker maps on a skull-stripped slice,
+    where most of the slice is zero. ``span_pixels="all"`` counts all ``D`` pixels in the
+    span term instead: the criterion that bundles calibrated before session 7 were
+    calibrated with (their record has no ``span_pixels``), kept for them.
 
     Parameters
     ----------
@@ -80,7 +85,8 @@ def map_log_likelihood(flow, u, values, counts):
         Pixels of each slice on each segment (:func:`segment_counts` per slice).
     """
     x, span = map_and_normalize(u, values)
-    jacobian = (counts * map_log_slopes(values)).sum(1) - flow.dim * torch.log(span)
+    pixels = counts.sum(1) if span_pixels == "counted" else flow.dim
+    jacobian = (counts * map_log_slopes(values)).sum(1) - pixels * torch.log(span)
     return flow.log_prob(x) + jacobian
 
 
@@ -102,7 +108,7 @@ def golden_section(func, low, high, evaluations):
     return (c, fc) if fc <= fd else (d, fd)
 
 
-def power_map_loss(flow, u, counts):
+def power_map_loss(flow, u, counts, *, span_pixels="counted"):
     """``log_gamma -> bits per pixel`` of the source under "prior + power map ``u**gamma``"."""
     scale = -1.0 / (flow.dim * np.log(2.0))
     knots = np.linspace(0.0, 1.0, counts.shape[1] + 1)
@@ -111,12 +117,14 @@ def power_map_loss(flow, u, counts):
     def loss(log_gamma):
         values = torch.as_tensor(knots ** float(np.exp(log_gamma)), dtype=u.dtype,
                                  device=u.device)
-        return float(scale * map_log_likelihood(flow, u, values, counts).mean())
+        return float(scale * map_log_likelihood(flow, u, values, counts,
+                                                span_pixels=span_pixels).mean())
 
     return loss
 
 
-def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segments=16):
+def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segments=16,
+                   span_pixels="counted"):
     """Maximum-likelihood power map ``u ** gamma`` of source slices ``u`` under the prior.
 
     Golden-section search on ``log gamma`` (the likelihood is unimodal in it).
@@ -125,7 +133,7 @@ def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segment
     """
     u = prior_grid(flow, u)
     counts = torch.stack([segment_counts(s, n_segments) for s in u])
-    loss = power_map_loss(flow, u, counts)
+    loss = power_map_loss(flow, u, counts, span_pixels=span_pixels)
     log_gamma, value = golden_section(loss, np.log(gamma_range[0]), np.log(gamma_range[1]),
                                       evaluations)
     return float(np.exp(log_gamma)), value, loss
@@ -141,6 +149,7 @@ def fit_intensity_map(
     gamma_range=(0.3, 3.0),
     evaluations=14,
     progress=None,
+    span_pixels="counted",
 ):
     """Estimate the source's contrast change as a power map and return its inverse.
 
@@ -172,6 +181,8 @@ def fit_intensity_map(
         Likelihood evaluations of the search.
     progress : callable, optional
         Called with the number of evaluations done.
+    span_pixels : {"counted", "all"}
+        The span term's pixels (:func:`map_log_likelihood`): as the calibration was measured.
 
     Returns
     -------
@@ -182,7 +193,7 @@ def fit_intensity_map(
         the estimate over the bias, bits per pixel), ``in_domain`` (the gate's verdict).
     """
     gamma_hat, best, loss = estimate_gamma(flow, u, gamma_range=gamma_range,
-                                           evaluations=evaluations)
+                                           evaluations=evaluations, span_pixels=span_pixels)
     gain = loss(np.log(gamma_bias)) - best
     in_domain = gain < gate_bits
     gamma = 1.0 if in_domain else gamma_hat / gamma_bias
@@ -209,8 +220,8 @@ def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5):
     Returns
     -------
     dict
-        ``gamma_bias`` (geometric mean of the estimates), ``gate_bits`` and the per-volume
-        estimates.
+        ``gamma_bias`` (geometric mean of the estimates), ``gate_bits``, the per-volume
+        estimates and ``span_pixels`` (``"counted"``: the criterion they were measured with).
     """
     estimates = []
     for volume in volumes:
@@ -225,6 +236,7 @@ def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5):
         "gate_bits": round(float(margin * max(gains)), 5),
         "validation_gamma_hat": [round(g, 4) for g, _, _ in estimates],
         "validation_gain_bits": [round(float(g), 5) for g in gains],
+        "span_pixels": "counted",
     }
 
 

@@ -47,7 +47,10 @@ class FlowIntensityParams:
     search on the ``scoring_slices`` slices holding most head; ``gamma_bias`` and
     ``gate_bits`` the prior's calibrated bias and in-domain gate; ``selection``
     (``--intensity-model``) forces a candidate; ``veto_bits``/``veto_consistency`` bound
-    the prior's veto of the quantile map. ``population``, ``population_brain`` and
+    the prior's veto of the quantile map. ``span_pixels`` is the change of variables' span
+    term that ``gamma_bias`` and ``gate_bits`` were calibrated with (``"counted"``: the
+    non-background pixels, as every calibration since session 7 records; ``"all"``: all
+    pixels, for bundles calibrated before). ``population``, ``population_brain`` and
     ``stripped`` are calibration records of the bundle (the target population's
     quantiles in the head and in the brain; the prior's bias on brain-masked images).
     """
@@ -61,6 +64,7 @@ class FlowIntensityParams:
     selection: str = "auto"
     veto_bits: float = 0.25
     veto_consistency: float = 3.0
+    span_pixels: str = "all"
     population: dict | None = field(default=None, repr=False)
     population_brain: dict | None = field(default=None, repr=False)
     stripped: dict | None = field(default=None, repr=False)
@@ -72,6 +76,8 @@ class FlowIntensityParams:
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown intensity model {self.selection!r}; choose one of "
                              f"{SELECTIONS}")
+        if self.span_pixels not in ("counted", "all"):
+            raise ValueError(f"span_pixels must be 'counted' or 'all', not {self.span_pixels!r}")
 
 
 @dataclass(frozen=True)

@@ -165,6 +165,7 @@ def _prior_estimate(flow, u, slices, valid, params, calibration, progress):
             gamma_bias=float(calibration["gamma_bias"]),
             gate_bits=float(calibration["gate_bits"]),
             evaluations=params.evaluations, progress=bar.update,
+            span_pixels=calibration.get("span_pixels", params.span_pixels),
         )
 
 
@@ -203,7 +204,8 @@ def choose_global_map(problem, params):
     flow, stripped = problem.bundle.flow, problem.evidence["skull_stripped"]
     population = params.population_brain if stripped else params.population
     calibration = params.stripped if stripped else {"gamma_bias": params.gamma_bias,
-                                                    "gate_bits": params.gate_bits}
+                                                    "gate_bits": params.gate_bits,
+                                                    "span_pixels": params.span_pixels}
     use_prior = bool(calibration) and "gamma_bias" in calibration
     volume = problem.volume
     u = torch.from_numpy(volume_to_slices(volume) / float(np.max(volume))).to(problem.device)
