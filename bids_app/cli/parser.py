@@ -63,13 +63,23 @@ def _positive_float(value):
     return number
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults in the help, except where the text states its own or there is none."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
 def get_parser():
     """The argument parser of ``blindharmony``."""
     parser = _Parser(
         prog=__packagename__,
         description="BlindHarmony: blind harmonization of T1-weighted MRI with a "
         "normalizing-flow prior, as a BIDS App.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="the input BIDS dataset")
     parser.add_argument(

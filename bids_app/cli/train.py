@@ -16,6 +16,7 @@ from ..__about__ import __version__
 from ..errors import BlindHarmonyError, MissingInputError, NoMatchError, UsageError
 from ..utils.bids import collect_t1w, list_participants, load_bids_filters, strip_label
 from ..utils.templates import template_path
+from .parser import HelpFormatter
 
 
 def get_parser():
@@ -29,7 +30,7 @@ def get_parser():
             "dataset and write a prior bundle. Arguments may be read from a file: @args.txt"
         ),
         fromfile_prefix_chars="@",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("bids_dir", type=Path, help="target-domain BIDS dataset")
     parser.add_argument("output_bundle", type=Path, help="prior bundle to write (.pt)")
