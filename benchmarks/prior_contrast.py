@@ -296,6 +296,9 @@ def write_markdown(rows, subjects, opts, seconds):
         f"with {opts.evaluations} evaluations on [0.25, 4]. {seconds:.0f} s on "
         f"{opts.threads} thread(s), {platform.processor() or platform.machine()}.",
         "",
+        "Command: `python benchmarks/prior_contrast.py "
+        + " ".join(_quote(a) for a in (opts.argv or [])) + "`.",
+        "",
         "Columns: **true > id** share of images whose criterion ranks the true inverse map "
         "above the identity (median margin, bits/pixel; positive = truth wins); **raw x** "
         "share whose prior likes the unshifted image better than the shifted one, no "
@@ -336,6 +339,12 @@ def write_markdown(rows, subjects, opts, seconds):
     return "\n".join(lines)
 
 
+def _quote(arg):
+    import shlex
+
+    return shlex.quote(str(arg))
+
+
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--cache", type=Path, required=True,
@@ -361,6 +370,7 @@ def get_parser():
 
 def main(argv=None):
     opts = get_parser().parse_args(argv)
+    opts.argv = list(sys.argv[1:] if argv is None else argv)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
     if not opts.cache.is_file():
         print(f"{opts.cache}: no such slice cache", file=sys.stderr)

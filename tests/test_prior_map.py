@@ -70,4 +70,3 @@ def test_the_fit_never_ends_below_the_identity(registered):
     bits = float(at_identity.sum()) / (len(u) * bundle.flow.dim * np.log(2))
     assert fit["identity_bits"] == pytest.approx(bits, rel=1e-4)
     assert all(p.requires_grad for p in bundle.flow.parameters())
-

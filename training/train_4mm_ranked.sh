@@ -9,6 +9,7 @@
 #          end of train_4mm.sh's target runs)
 #   STEPS  length of the cosine schedule (1200); ROUNDS  runs (6)
 #   ADVERSARIES  size of the bank of adversarial maps (8; 0: random negatives only)
+#   WEIGHT  weight of the ranking hinge (1)
 set -euo pipefail
 here=${HERE:-$(cd "$(dirname "$0")/.." && pwd)}
 WORK=${WORK:-/work/train}
@@ -27,7 +28,7 @@ for round in $(seq 1 "${ROUNDS:-6}"); do
   blindharmony-train "$DATA" ixihh_4mm_ranked.pt --exclude-label $EX \
     --validation-fraction 0.08 --seed 0 --preset cpu-4mm --downsample 2 \
     --steps "${STEPS:-1200}" --batch-size 32 --lr 1e-4 --nthreads 1 --max-minutes 20 \
-    --mask-augmentation 0.3 --mask-edges soft --contrast-ranking 1 \
+    --mask-augmentation 0.3 --mask-edges soft --contrast-ranking "${WEIGHT:-1}" \
     --ranking-temperature 0.01 --ranking-adversaries "${ADVERSARIES:-8}" --init-from "$INIT" --resume \
     --validate-every 100 --checkpoint-every 100 -w "$WORK" 2>&1 \
     | tr '\r' '\n' | grep --line-buffered -v 'bpd=.*lr=.*]$' || true
