@@ -417,6 +417,7 @@ def _training_record(opts, current, *, subjects, slices, flow, config, device):
     from ..flow.model import count_parameters
 
     train_images, val_subjects = subjects
+    ranking = _ranking(opts)
     return {
         "dataset": str(opts.bids_dir.resolve().name),
         "dataset_description": _dataset_name(opts.bids_dir),
@@ -435,7 +436,7 @@ def _training_record(opts, current, *, subjects, slices, flow, config, device):
         "contrast_augmentation": bool(opts.contrast_augmentation),
         "mask_augmentation": float(opts.mask_augmentation),
         "mask_edges": opts.mask_edges,
-        "contrast_ranking": _ranking(opts).as_record() if _ranking(opts) else None,
+        "contrast_ranking": ranking.as_record() if ranking else None,
         "initialized_from": opts.init_from.name if opts.init_from else None,
         "device": str(device),
         "threads": opts.nthreads,

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..harmonize.prior_map import apply_map
 from .augment import random_field
 
 #: Knots of the random piecewise-linear maps (interior knots, uniform positions).
@@ -160,15 +161,8 @@ class AdversaryBank:
         [0, 1]): ``(y, jacobian)``, differentiable in the bank's parameters; ``y`` is
         min-max normalized, ``jacobian`` in nats over the ``counted`` pixels."""
         which = torch.arange(len(x), device=x.device) % len(self)
-        theta, phi = self.theta[which], self.phi[which]
-        segments = theta.shape[1]
-        increments = torch.softmax(theta, 1)
-        values = torch.cat([increments.new_zeros(len(x), 1), torch.cumsum(increments, 1)], 1)
-        t = x.clamp(0, 1).flatten(1) * segments
-        index = t.floor().clamp(max=segments - 1).long()
-        mapped = values.gather(1, index) + (t - index) * increments.gather(1, index)
-        log_slope = torch.log(increments.gather(1, index) * segments)
-        raw = torch.einsum("bj,jhw->bhw", phi, self.terms).flatten(1)
+        mapped, log_slope = (a.flatten(1) for a in apply_map(x, self.theta[which]))
+        raw = torch.einsum("bj,jhw->bhw", self.phi[which], self.terms).flatten(1)
         log_field = self.field_bound * torch.tanh(raw)
         y = mapped * torch.exp(log_field)
         low = y.min(1, keepdim=True).values

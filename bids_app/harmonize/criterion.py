@@ -46,6 +46,11 @@ def jacobian_criterion(flow, u, x, log_slope, *, floor=0.0):
     log_slope : torch.Tensor ``(B, 1, H, W)``
         ``log g'(u)`` at every pixel.
     """
+    return log_likelihood(flow, u, x, log_slope, floor=floor)
+
+
+def log_likelihood(flow, u, x, log_slope, *, floor=0.0):
+    """:func:`jacobian_criterion` with gradients (for maps fitted through the flow)."""
     xn, span = normalize(x)
     counted = (u > floor).to(log_slope.dtype)
     jacobian = ((log_slope * counted).flatten(1).sum(1)
@@ -106,5 +111,5 @@ def to_bits_per_dim(nats, flow):
     return np.asarray(nats, dtype=np.float64) / (flow.dim * math.log(2.0))
 
 
-__all__ = ["criterion", "jacobian_criterion", "normalize", "prior_grid", "ratio_criterion",
-           "slice_likelihood", "to_bits_per_dim"]
+__all__ = ["criterion", "jacobian_criterion", "log_likelihood", "normalize", "prior_grid",
+           "ratio_criterion", "slice_likelihood", "to_bits_per_dim"]

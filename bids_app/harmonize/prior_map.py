@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-from .criterion import normalize
+from .criterion import log_likelihood
 
 #: Segments of the monotone map.
 SEGMENTS = 8
@@ -62,32 +62,34 @@ def field_volume(phi, shape):
 
 
 def map_values(theta):
-    """Knot values ``(segments + 1,)`` of the monotone map of ``theta``."""
-    increments = torch.softmax(theta, 0)
-    return torch.cat([increments.new_zeros(1), torch.cumsum(increments, 0)])
+    """Knot values ``(..., segments + 1)`` of the monotone map(s) of ``theta`` ``(..., K)``."""
+    increments = torch.softmax(theta, -1)
+    zero = increments.new_zeros(*increments.shape[:-1], 1)
+    return torch.cat([zero, torch.cumsum(increments, -1)], -1)
 
 
 def apply_map(u, theta):
-    """``(g(u), log g'(u))`` of the piecewise-linear map of ``theta`` on ``u`` in [0, 1]."""
-    segments = theta.numel()
-    values = map_values(theta)
-    t = u.clamp(0, 1) * segments
+    """``(g(u), log g'(u))`` of the piecewise-linear map of ``theta`` on ``u`` in [0, 1].
+
+    ``theta`` is one map ``(K,)`` for every slice of ``u`` ``(B, ...)``, or one per slice
+    ``(B, K)``.
+    """
+    segments = theta.shape[-1]
+    values = map_values(theta.expand(len(u), segments))
+    increments = torch.diff(values, dim=1)
+    t = u.clamp(0, 1).reshape(len(u), -1) * segments
     index = t.floor().clamp(max=segments - 1).long()
-    increments = torch.diff(values)
-    return (values[index] + (t - index) * increments[index],
-            torch.log(increments[index] * segments))
+    step = increments.gather(1, index)
+    mapped = values.gather(1, index) + (t - index) * step
+    return mapped.view_as(u), torch.log(step * segments).view_as(u)
 
 
 def criterion_nats(flow, u, terms, theta, phi, *, floor=0.0):
     """The criterion of ``x = f g(u)`` for each slice of ``u`` ``(B, 1, H, W)``, in nats."""
     mapped, log_slope = apply_map(u, theta)
     log_field = torch.tensordot(phi, terms, dims=1) if phi is not None else 0.0
-    x = mapped * torch.exp(log_field)
-    xn, span = normalize(x)
-    counted = (u > floor).to(u.dtype)
-    jacobian = (((log_slope + log_field) * counted).flatten(1).sum(1)
-                - counted.flatten(1).sum(1) * torch.log(span))
-    return flow.log_prob(xn.clamp(0, 1)) + jacobian
+    return log_likelihood(flow, u, mapped * torch.exp(log_field), log_slope + log_field,
+                          floor=floor)
 
 
 def fit_prior_map(flow, u, terms=None, *, segments=SEGMENTS, iterations=25, floor=0.0):
