@@ -23,7 +23,11 @@ holding the most head, as the default method scores them) the table reports:
     and on unshifted images (where the identity is the answer, 100 dB).
 
 A prior is ``NAME=BUNDLE`` or ``NAME=BUNDLE,COMPANION`` (the ratio criterion); bundles
-trained with ``--downsample 2`` are scored on block-averaged slices. The data are the
+trained with ``--downsample 2`` or ``4`` are scored on block-averaged slices. The span term
+of (a)-(c) counts what the method counts with each bundle (``--span-pixels bundle``: all
+pixels for the shipped prior, the moving pixels for bundles calibrated since session 7);
+``--span-pixels all`` reproduces the tables written before session 7. (d) always counts the
+moving pixels. The data are the
 registered volumes that ``blindharmony-train`` caches (``--cache``); validation subjects
 are the ones ``--validation-fraction 0.08 --seed 0`` holds out (the shipped prior's).
 
@@ -118,7 +122,9 @@ def load_validation(cache):
     return [subjects[i] for i in keep], volumes[keep]
 
 
-def load_prior(spec, device="cpu"):
+def load_prior(spec, device="cpu", span_pixels="bundle"):
+    """A prior of ``--prior`` and its criterion's span convention (``"bundle"``: the one
+    the method uses with that bundle, ``FlowIntensityParams.span_pixels`` as resolved)."""
     from bids_app.flow.bundle import load_bundle
 
     name, _, paths = spec.partition("=")
@@ -126,7 +132,13 @@ def load_prior(spec, device="cpu"):
     bundle = load_bundle(target, device=device)
     other = load_bundle(companion, device=device).flow if companion else None
     factor = int(bundle.preprocessing.get("downsample", 1))
+    span = span_pixels
+    if span == "bundle":
+        from bids_app.harmonize.methods import resolve_params
+
+        span = resolve_params(bundle, "flow-intensity")[1].span_pixels
     return {"name": name, "flow": bundle.flow, "companion": other, "factor": factor,
+            "span_pixels": span,
             "bundle": Path(target).name, "companion_bundle": Path(companion).name or None}
 
 
@@ -173,7 +185,8 @@ def image_scores(prior, v, scoring, opts, seed):
 
     def score(us, xs, log_slope):
         t = [torch.as_tensor(a, dtype=torch.float32) for a in (us, xs, log_slope)]
-        return float(criterion(flow, *t, companion=companion).sum())
+        return float(criterion(flow, *t, companion=companion,
+                               span_pixels=prior["span_pixels"]).sum())
 
     def bits(nats):
         return float(to_bits_per_dim(nats, flow)) / len(scoring)
@@ -238,7 +251,7 @@ def run(opts):
     subjects, volumes = load_validation(opts.cache)
     if opts.n:
         subjects, volumes = subjects[: opts.n], volumes[: opts.n]
-    priors = [load_prior(spec) for spec in opts.prior]
+    priors = [load_prior(spec, span_pixels=opts.span_pixels) for spec in opts.prior]
     results = {p["name"]: {} for p in priors}
     started = time.time()
     for index, (subject, volume) in enumerate(zip(subjects, volumes)):
@@ -258,7 +271,8 @@ def summarize_results(subjects, priors, results, changes):
         gammas = [per[s]["in_domain_gamma"] for s in subjects]
         summary = {"prior": prior["name"], "bundle": prior["bundle"],
                    "companion": prior["companion_bundle"],
-                   "criterion": "ratio" if prior["companion"] is not None else "jacobian",
+                   "criterion": ("ratio" if prior["companion"] is not None
+                                 else f"jacobian, span over {prior['span_pixels']} pixels"),
                    "in_domain_gamma_median": float(np.median(gammas)),
                    "in_domain_gamma": gammas, "changes": {}}
         if "in_domain_psnr_spline" in per[subjects[0]]:
@@ -362,6 +376,12 @@ def get_parser():
                         help="also (d): the prior-only ML map of the spline and field family")
     parser.add_argument("--spline-iterations", type=int, default=20,
                         help="L-BFGS iterations of (d)")
+    parser.add_argument("--span-pixels", choices=["bundle", "counted", "all"],
+                        default="bundle",
+                        help="pixels of the change of variables' span term: the ones above "
+                             "the background's zeros (counted), all of them (all: the "
+                             "criterion of the tables before session 7), or what the method "
+                             "uses with each bundle (bundle: all for the shipped prior)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--name", default="prior_contrast")

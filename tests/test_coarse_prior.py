@@ -1,8 +1,8 @@
-"""A prior trained on block-averaged slices (``--downsample 2``) harmonizes 2 mm images.
+"""A prior trained on block-averaged slices (``--downsample 2`` or 4) harmonizes 2 mm images.
 
-The prior sees 4 mm slices (the block means of the reference-grid slices, min-maxed again,
-as in training); the map it chooses is applied to the 2 mm voxels. Real data: a held-out
-IXI-HH fixture subject registered to the shipped template.
+The prior sees 4 mm (or 8 mm) slices (the block means of the reference-grid slices,
+min-maxed again, as in training); the map it chooses is applied to the 2 mm voxels. Real
+data: a held-out IXI-HH fixture subject registered to the shipped template.
 """
 
 import numpy as np
@@ -16,17 +16,18 @@ from bids_app.harmonize.volume import harmonize_volume
 from bids_app.preprocess.slices import downsample_slices, normalize_slices
 
 
-@pytest.fixture(scope="module")
-def coarse_bundle(lib_shipped_bundle):
+@pytest.fixture(scope="module", params=[2, 4], ids=["4mm", "8mm"])
+def coarse_bundle(lib_shipped_bundle, request):
     from lib_fixtures import lib_make_flow
 
+    factor = request.param
     height, width = lib_shipped_bundle.reference.shape[:2]
-    flow = lib_make_flow((height // 2, width // 2), seed=3)
+    flow = lib_make_flow((height // factor, width // factor), seed=3)
     return PriorBundle(
         flow=flow, reference=lib_shipped_bundle.reference, space=lib_shipped_bundle.space,
-        x0=torch.from_numpy(downsample_slices(lib_shipped_bundle.x0.numpy(), 2)),
+        x0=torch.from_numpy(downsample_slices(lib_shipped_bundle.x0.numpy(), factor)),
         name="coarse-test-prior",
-        preprocessing={**lib_shipped_bundle.preprocessing, "downsample": 2},
+        preprocessing={**lib_shipped_bundle.preprocessing, "downsample": factor},
         harmonization={"method": "flow-intensity"},
     )
 
@@ -37,7 +38,8 @@ def test_prior_grid_is_the_training_downsampling(lib_reference_volume, coarse_bu
     fine = torch.from_numpy(slices)
     coarse = prior_grid(coarse_bundle.flow, fine, renormalize=True)
     assert tuple(coarse.shape[-2:]) == tuple(coarse_bundle.flow.config["shape"])
-    np.testing.assert_allclose(coarse.numpy(), downsample_slices(slices, 2), atol=1e-6)
+    factor = coarse_bundle.preprocessing["downsample"]
+    np.testing.assert_allclose(coarse.numpy(), downsample_slices(slices, factor), atol=1e-6)
     # slices already on the prior's grid pass through; another grid is refused
     assert prior_grid(coarse_bundle.flow, coarse) is coarse
     with pytest.raises(ValueError, match="prior's grid"):

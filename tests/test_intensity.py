@@ -163,3 +163,29 @@ def test_smooth_slice_maps_removes_alternating_gains_and_keeps_a_common_map():
     assert np.all(np.diff(smoothed, axis=1) >= 0)  # still monotone
     np.testing.assert_array_equal(smoothed[~valid], striped[~valid])  # untouched
     np.testing.assert_array_equal(smooth_slice_maps(striped, low, high, valid, 0.0), striped)
+
+
+@pytest.mark.parametrize("span_pixels", ["counted", "all"])
+def test_the_two_forms_of_the_change_of_variables_agree(lib_flow_factory, span_pixels):
+    """The segment-count form (power-map search) and the per-pixel form (criterion module,
+    benchmarks, L-BFGS fits) give one criterion for one piecewise-linear map, under either
+    span convention, on slices that are partly zero and below the volume's maximum."""
+    from bids_app.harmonize.criterion import jacobian_criterion
+    from bids_app.harmonize.intensity import map_log_likelihood, map_log_slopes, segment_counts
+
+    flow = lib_flow_factory((16, 16), seed=2)
+    u = _slices(seed=3)
+    u[:, :, :5] = 0.0  # a stripped border: exact zeros that do not move with the map
+    u = u * torch.tensor([0.8, 0.6, 0.9, 0.7]).view(-1, 1, 1, 1)
+    values = torch.tensor([0.0, 0.05, 0.2, 0.5, 0.55, 0.7, 0.9, 0.95, 1.0])
+    segments = len(values) - 1
+    counts = torch.stack([segment_counts(s, segments) for s in u])
+    by_segment = map_log_likelihood(flow, u, values, counts, span_pixels=span_pixels)
+    index = (u * segments).floor().clamp(max=segments - 1).long()
+    log_slope = map_log_slopes(values)[index]
+    by_pixel = jacobian_criterion(flow, u, apply_map(u, values), log_slope,
+                                  span_pixels=span_pixels)
+    torch.testing.assert_close(by_pixel, by_segment, rtol=1e-5, atol=1e-3)
+    other = "all" if span_pixels == "counted" else "counted"
+    moved = jacobian_criterion(flow, u, apply_map(u, values), log_slope, span_pixels=other)
+    assert (moved - by_pixel).abs().min() > 1.0  # nats: the zeros' share of the span term

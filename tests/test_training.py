@@ -256,3 +256,24 @@ def test_train_cli_4mm_companion_with_masking(lib_bids_dir, tmp_path, capsys):
     assert train_cli.main(common + ["--recalibrate"]) == 64
     assert "--recalibrate" in capsys.readouterr().err
     assert train_cli.main(common + ["--mask-augmentation", "1.5", "--steps", "1"]) == 64
+
+
+def test_train_cli_8mm_prior_with_soft_masks(lib_bids_dir, tmp_path):
+    """--downsample 4 trains on 24 x 28 slices (8 mm), soft-edged stripped slices included,
+    and writes a bundle whose criterion reads the 2 mm slices' block means."""
+    from bids_app.harmonize.criterion import slice_likelihood
+
+    bundle_path = tmp_path / "out" / "p8.pt"
+    assert train_cli.main([str(lib_bids_dir), str(bundle_path), "--participant-label",
+                           "IXI052", "IXI094", "--preset", "tiny", "--downsample", "4",
+                           "--mask-augmentation", "0.5", "--mask-edges", "soft",
+                           "--nthreads", "1", "--batch-size", "4", "--steps", "2",
+                           "--validate-every", "2"]) == 0
+    bundle = load_bundle(bundle_path)
+    assert bundle.flow.config["shape"] == [24, 28]
+    assert bundle.x0.shape == (88, 1, 24, 28)
+    assert bundle.preprocessing["downsample"] == 4
+    assert bundle.training["mask_edges"] == "soft"
+    fine = torch.rand(2, 1, 96, 112)
+    bpd, _ = slice_likelihood(bundle.flow, fine)
+    assert np.all(np.isfinite(bpd))

@@ -50,9 +50,9 @@ def get_parser():
     model.add_argument("--lr", "--learning-rate", type=float, default=5e-4)
     model.add_argument("--seed", type=int, default=0)
     model.add_argument("--no-flip", action="store_true", help="no left-right flip augmentation")
-    model.add_argument("--downsample", type=int, choices=[1, 2], default=1,
+    model.add_argument("--downsample", type=int, choices=[1, 2, 4], default=1,
                        help="train on slices block-averaged by this factor (2: 4 mm on the "
-                            "2 mm grid)")
+                            "2 mm grid; 4: 8 mm)")
     model.add_argument("--contrast-augmentation", action="store_true",
                        help="train the contrast-agnostic companion: every training slice "
                             "gets a random monotone contrast change (bids_app.flow.augment)")
@@ -60,9 +60,9 @@ def get_parser():
                        help="skull-strip this share of the training slices with the "
                             "template's brain mask (a geometric augmentation)")
     model.add_argument("--mask-edges", choices=["hard", "soft"], default="hard",
-                       help="with --downsample 2, mask on the prior's grid (hard) or on the "
+                       help="with --downsample 2 or 4, mask on the prior's grid (hard) or on the "
                             "reference grid and block-average the mask (soft, as a brain "
-                            "extraction at full resolution looks at 4 mm)")
+                            "extraction at full resolution looks on the coarse grid)")
     model.add_argument("--contrast-ranking", type=float, default=0.0, metavar="WEIGHT",
                        help="add the contrast-ranking hinge with this weight: the prior learns "
                             "to prefer each training slice over a random contrast change of "

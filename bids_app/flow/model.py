@@ -51,6 +51,12 @@ PRESETS = {
         "hidden_channels": 64,
         "num_res_blocks": 1,
     },
+    "cpu-8mm": {
+        "levels": 2,
+        "steps_per_level": 6,
+        "hidden_channels": 64,
+        "num_res_blocks": 1,
+    },
     "tiny": {
         "levels": 2,
         "steps_per_level": 1,

@@ -11,6 +11,9 @@ its range and ``N`` the number of pixels counted (:func:`jacobian_criterion`). B
 count only pixels above ``floor``: the background's zeros carry no intensity the 12-bit
 prior resolves and do not move with the map (counting them in the span term rewards
 darker maps wherever a slice is mostly zero, as a skull-stripped slice is).
+``span_pixels="all"`` counts every pixel in the span term instead: the convention of
+bundles calibrated before session 7, kept to reproduce their numbers
+(:func:`~bids_app.harmonize.intensity.map_log_likelihood` has the same switch).
 
 With a contrast-agnostic companion (:mod:`bids_app.flow.augment`) the criterion is the
 log-ratio ``log p_target(x_n) - log p_agnostic(x_n)`` (:func:`ratio_criterion`): the
@@ -35,7 +38,7 @@ def normalize(x):
 
 
 @torch.no_grad()
-def jacobian_criterion(flow, u, x, log_slope, *, floor=0.0):
+def jacobian_criterion(flow, u, x, log_slope, *, floor=0.0, span_pixels="counted"):
     """``log p(u | g)`` in nats per slice (see the module docstring).
 
     Parameters
@@ -45,16 +48,20 @@ def jacobian_criterion(flow, u, x, log_slope, *, floor=0.0):
         volume's scale.
     log_slope : torch.Tensor ``(B, 1, H, W)``
         ``log g'(u)`` at every pixel.
+    span_pixels : {"counted", "all"}
+        The pixels of the span term: the counted ones (the method's) or all of them.
     """
-    return log_likelihood(flow, u, x, log_slope, floor=floor)
+    return log_likelihood(flow, u, x, log_slope, floor=floor, span_pixels=span_pixels)
 
 
-def log_likelihood(flow, u, x, log_slope, *, floor=0.0):
+def log_likelihood(flow, u, x, log_slope, *, floor=0.0, span_pixels="counted"):
     """:func:`jacobian_criterion` with gradients (for maps fitted through the flow)."""
+    if span_pixels not in ("counted", "all"):
+        raise ValueError(f"span_pixels must be 'counted' or 'all', not {span_pixels!r}")
     xn, span = normalize(x)
     counted = (u > floor).to(log_slope.dtype)
-    jacobian = ((log_slope * counted).flatten(1).sum(1)
-                - counted.flatten(1).sum(1) * torch.log(span))
+    pixels = counted.flatten(1).sum(1) if span_pixels == "counted" else flow.dim
+    jacobian = (log_slope * counted).flatten(1).sum(1) - pixels * torch.log(span)
     return flow.log_prob(xn) + jacobian
 
 
@@ -65,11 +72,11 @@ def ratio_criterion(flow, companion, x):
     return flow.log_prob(xn) - companion.log_prob(xn)
 
 
-def criterion(flow, u, x, log_slope, *, companion=None):
+def criterion(flow, u, x, log_slope, *, companion=None, span_pixels="counted"):
     """The criterion of a prior (with its companion, if any), nats per slice."""
     if companion is not None:
         return ratio_criterion(flow, companion, x)
-    return jacobian_criterion(flow, u, x, log_slope)
+    return jacobian_criterion(flow, u, x, log_slope, span_pixels=span_pixels)
 
 
 def prior_grid(flow, x, *, renormalize=False):
