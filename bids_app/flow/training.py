@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,19 +34,28 @@ class TrainState:
     seconds: float = 0.0
 
 
-@torch.no_grad()
-def evaluate_bpd(flow, slices, *, batch_size=64, seed=0):
-    """Mean bits/dim of ``slices`` (numpy ``(N, 1, H, W)``) with fixed dequantization noise."""
+@contextmanager
+def evaluating(flow):
+    """The flow in eval mode, without gradients; its mode is restored afterwards."""
     was_training = flow.training
     flow.eval()
+    try:
+        with torch.no_grad():
+            yield flow
+    finally:
+        flow.train(was_training)
+
+
+def evaluate_bpd(flow, slices, *, batch_size=64, seed=0):
+    """Mean bits/dim of ``slices`` (numpy ``(N, 1, H, W)``) with fixed dequantization noise."""
     generator = torch.Generator().manual_seed(seed)
     total, count = 0.0, 0
-    for start in range(0, len(slices), batch_size):
-        batch = torch.from_numpy(slices[start : start + batch_size])
-        batch = dequantize(batch, generator=generator).to(flow.device)
-        total += float(flow.bits_per_dim(batch).sum())
-        count += len(batch)
-    flow.train(was_training)
+    with evaluating(flow):
+        for start in range(0, len(slices), batch_size):
+            batch = torch.from_numpy(slices[start : start + batch_size])
+            batch = dequantize(batch, generator=generator).to(flow.device)
+            total += float(flow.bits_per_dim(batch).sum())
+            count += len(batch)
     return total / max(count, 1)
 
 
@@ -226,22 +236,19 @@ def _loss(flow, batch, ranking, bank=None, generator=None):
     return bits + ranking.weight * ranking_loss(margin, ranking.temperature)
 
 
-@torch.no_grad()
 def evaluate_ranking(flow, pairs, *, temperature, batch_size=32, seed=0):
     """``(mean hinge, share ranked right, median margin)`` of fixed validation pairs."""
-    was_training = flow.training
-    flow.eval()
     generator = torch.Generator().manual_seed(seed)
     x, y, jacobian = pairs
     margins = []
-    for start in range(0, len(x), batch_size):
-        part = slice(start, start + batch_size)
-        xs, ys = (dequantize(torch.from_numpy(a[part]), generator=generator).to(flow.device)
-                  for a in (x, y))
-        margins.append(ranking_margin(flow.log_prob(xs), flow.log_prob(ys),
-                                      torch.from_numpy(jacobian[part]).to(flow.device),
-                                      flow.dim).cpu())
-    flow.train(was_training)
+    with evaluating(flow):
+        for start in range(0, len(x), batch_size):
+            part = slice(start, start + batch_size)
+            xs, ys = (dequantize(torch.from_numpy(a[part]), generator=generator)
+                      .to(flow.device) for a in (x, y))
+            margins.append(ranking_margin(flow.log_prob(xs), flow.log_prob(ys),
+                                          torch.from_numpy(jacobian[part]).to(flow.device),
+                                          flow.dim).cpu())
     margin = torch.cat(margins)
     return (float(ranking_loss(margin, temperature)), float((margin > 0).double().mean()),
             float(margin.median()))
@@ -249,16 +256,13 @@ def evaluate_ranking(flow, pairs, *, temperature, batch_size=32, seed=0):
 
 def evaluate_adversaries(flow, bank, slices, *, seed=0):
     """``(share ranked right, median margin)`` of the bank's maps on clean ``slices``."""
-    was_training = flow.training
-    flow.eval()
     generator = torch.Generator().manual_seed(seed)
     x = torch.from_numpy(np.asarray(slices, dtype=np.float32)).to(flow.device)
-    with torch.no_grad():
+    with evaluating(flow):
         y, jacobian = bank.negatives(x, x > 0)
         xs = dequantize(x.cpu(), generator=generator).to(flow.device)
         ys = y + torch.rand(y.shape, generator=generator).to(flow.device) / QUANT_LEVELS
         margin = ranking_margin(flow.log_prob(xs), flow.log_prob(ys), jacobian, flow.dim)
-    flow.train(was_training)
     return float((margin > 0).double().mean()), float(margin.median())
 
 
