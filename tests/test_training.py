@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -277,3 +278,19 @@ def test_train_cli_8mm_prior_with_soft_masks(lib_bids_dir, tmp_path):
     fine = torch.rand(2, 1, 96, 112)
     bpd, _ = slice_likelihood(bundle.flow, fine)
     assert np.all(np.isfinite(bpd))
+    # training/checkpoint_bundle.py: the checkpoint's weights as an evaluation bundle
+    import runpy
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "training" / "checkpoint_bundle.py"
+    out = tmp_path / "eval.pt"
+    argv, sys.argv = sys.argv, [str(script), str(bundle_path) + ".ckpt", str(out)]
+    try:
+        runpy.run_path(str(script), run_name="__main__")
+    finally:
+        sys.argv = argv
+    evaluation = load_bundle(out)
+    assert evaluation.preprocessing["downsample"] == 4
+    assert evaluation.x0.shape == (88, 1, 24, 28)
+    bpd_eval, _ = slice_likelihood(evaluation.flow, fine)
+    np.testing.assert_allclose(bpd_eval, bpd, rtol=1e-5)
