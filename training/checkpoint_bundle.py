@@ -28,7 +28,7 @@ def main(argv=None):
     parser.add_argument("out")
     opts = parser.parse_args(argv)
     bundle = load_bundle()
-    state = torch.load(opts.checkpoint, map_location="cpu", weights_only=False)
+    state = torch.load(opts.checkpoint, map_location="cpu", weights_only=True)
     flow = SliceFlow(state["flow_config"])
     flow.load_state_dict(state["state_dict"])
     flow.eval()
