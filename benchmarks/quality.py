@@ -110,13 +110,13 @@ def parse_method(method):
     return name, {"selection": variant}, ["--method", name, "--intensity-model", variant]
 
 
-def run_app(bids_dir, out_dir, work_dir, method, subjects, nprocs, threads=2):
+def run_app(bids_dir, out_dir, work_dir, method, subjects, nprocs, threads=2, prior=None):
     app = [shutil.which("blindharmony")] if shutil.which("blindharmony") else [
         sys.executable, "-m", "bids_app"]
     cmd = [*app, str(bids_dir), str(out_dir),
            "participant", "--participant-label", *subjects, *parse_method(method)[2],
            "--skip-bids-validation", "-w", str(work_dir), "--nprocs", str(nprocs),
-           "--omp-nthreads", str(threads)]
+           "--omp-nthreads", str(threads), *(["--prior", str(prior)] if prior else [])]
     started = time.time()
     subprocess.run(cmd, check=True, cwd=ROOT)
     return time.time() - started
@@ -199,7 +199,8 @@ def main(argv=None):
                         help="classical baselines besides histogram matching (always scored); "
                         "n4-nyul: N4 bias correction, then Nyul trained on N4-corrected "
                         "training images")
-    parser.add_argument("--prior", type=Path, default=None)
+    parser.add_argument("--prior", type=Path, default=None,
+                        help="prior bundle of the app's methods (default: the shipped prior)")
     parser.add_argument("--fast", action="store_true", help="library calls instead of the app")
     parser.add_argument("--nprocs", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2,
@@ -253,7 +254,7 @@ def main(argv=None):
             for method in opts.methods:
                 out = tmp / f"out-{method}"
                 seconds[method] = run_app(shifted_dir, out, tmp / f"work-{method}", method, test,
-                                          opts.nprocs, opts.threads)
+                                          opts.nprocs, opts.threads, opts.prior)
                 outputs[method] = out
         for sub in test:
             clean_img = _t1w(opts.data, sub)

@@ -6,6 +6,8 @@ import torch
 
 from bids_app.harmonize.intensity import (
     apply_map,
+    calibrate_power_map,
+    calibration_problems,
     estimate_gamma,
     fit_intensity_map,
     fit_lut,
@@ -189,3 +191,29 @@ def test_the_two_forms_of_the_change_of_variables_agree(lib_flow_factory, span_p
     other = "all" if span_pixels == "counted" else "counted"
     moved = jacobian_criterion(flow, u, apply_map(u, values), log_slope, span_pixels=other)
     assert (moved - by_pixel).abs().min() > 1.0  # nats: the zeros' share of the span term
+
+
+def test_power_calibration_needs_an_estimate_that_follows_a_power_shift(
+        lib_shipped_bundle, lib_reference_volume):
+    """The shipped prior's whole-head estimate follows a known power shift of the image
+    (``p * gamma_hat(u**p) / gamma_hat(u)`` near 1), so its bias can be calibrated; on the
+    brain-masked image it is pinned at the search's edge, and the record is refused."""
+    from bids_app.preprocess.masks import template_brain_mask
+
+    flow = lib_shipped_bundle.flow
+    with torch.no_grad():
+        whole = calibrate_power_map(flow, [lib_reference_volume], scoring_slices=8)
+        brain = calibrate_power_map(flow, [lib_reference_volume * template_brain_mask()],
+                                    scoring_slices=8)
+    assert set(whole["equivariance"]) == {"0.7", "1.5"}
+    for ratios in whole["equivariance"].values():
+        assert 1 / 1.15 < ratios[0] < 1.15
+    assert calibration_problems(whole) == []
+    problems = calibration_problems(brain)
+    assert problems and "edge" in problems[0]
+    # estimates that do not follow the shift are refused, whatever they are
+    skewed = {**whole, "equivariance": {"0.7": [1.0] * 8 + [1.4, 0.7], "1.5": [1.0] * 10}}
+    assert calibration_problems(skewed) == [
+        "after a power 0.7 shift the estimates of 2 of 10 volumes do not follow it "
+        "(ratios to the shift's inverse 0.70-1.40)"]
+    assert calibration_problems({**skewed, "equivariance": {"0.7": [1.0] * 9 + [1.4]}}) == []

@@ -32,32 +32,37 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     from .methods import default_record, resolve_params
     from .domain import calibrate_domain
     from .evidence import calibrate_tissue_order
-    from .intensity import calibrate_power_map
+    from .intensity import calibrate_power_map, calibration_problems
     from .quantiles import population_statistics, reference_mask
 
     bundle = load_bundle(bundle_path, device=device)
     scoring = resolve_params(bundle, "flow-intensity")[1].scoring_slices
     with torch.no_grad():
-        calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring)
+        calibration = calibrate_power_map(bundle.flow, volumes, scoring_slices=scoring,
+                                          gamma_range=GAMMA_RANGE)
+    problems = calibration_problems(calibration, gamma_range=GAMMA_RANGE, edge=EDGE)
     record = default_record()
     record.update({k: v for k, v in bundle.harmonization.items() if k == "paper"})
     record["flow-intensity"].update(calibration)
     brain = template_brain_mask()
     template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
     on_grid = brain.shape == template.shape
-    notes = []
+    notes = [f"The prior's power estimate on whole-head validation images: {p}; its bias is "
+             "divided out all the same, but check the prior" for p in problems]
     with torch.no_grad():
         domain = calibrate_domain(bundle.flow, volumes)
         if on_grid:
             masked = [np.asarray(v) * brain for v in volumes]
-            stripped_fit = calibrate_power_map(bundle.flow, masked, scoring_slices=scoring)
-            if max(stripped_fit["validation_gamma_hat"]) < EDGE * GAMMA_RANGE[1]:
+            stripped_fit = calibrate_power_map(bundle.flow, masked, scoring_slices=scoring,
+                                               gamma_range=GAMMA_RANGE)
+            problems = calibration_problems(stripped_fit, gamma_range=GAMMA_RANGE, edge=EDGE)
+            if not problems:
                 record["flow-intensity"]["stripped"] = stripped_fit
             else:
                 notes.append("The prior's power estimate on brain-masked validation images "
-                             f"reaches the search's edge ({stripped_fit['validation_gamma_hat']}"
-                             "): it cannot judge skull-stripped slices, which are then "
-                             "harmonized by the population of brain intensities alone")
+                             f"cannot be calibrated ({'; '.join(problems)}): skull-stripped "
+                             "slices are harmonized by the population of brain intensities "
+                             "alone")
             stripped = calibrate_domain(bundle.flow, masked)
             domain["latent_norm_threshold_stripped"] = stripped["latent_norm_threshold"]
             domain["validation_latent_norm_stripped"] = stripped["validation_latent_norm"]
