@@ -78,3 +78,24 @@ def test_the_shipped_prior_resolves_for_every_method():
     # calibrated before the span term counted the moving pixels only: kept as it was
     assert "span_pixels" not in bundle.harmonization["flow-intensity"]
     assert params.span_pixels == "all"
+
+
+def test_a_calibrated_slope_reaches_the_power_candidate():
+    """A bundle's ``gamma_slope`` is read (none recorded: 1, as before session 9), and the
+    power map the population check weighs is the slope-corrected one."""
+    import numpy as np
+
+    from bids_app.harmonize.selection import _candidates
+
+    assert resolve_params(_bundle({}), "flow-intensity")[1].gamma_slope == 1.0
+    params = resolve_params(_bundle({"flow-intensity": {"gamma_bias": 1.05,
+                                                        "gamma_slope": 1.2}}),
+                            "flow-intensity")[1]
+    assert params.gamma_slope == 1.2
+    info = {"gamma_hat": 1.05 * 1.5 ** 1.2, "in_domain": False}
+    candidates, gamma = _candidates(None, None, info, n_knots=5, gamma_bias=params.gamma_bias,
+                                    selection="auto", use_prior=True,
+                                    gamma_slope=params.gamma_slope)
+    assert gamma == pytest.approx(1.5)
+    np.testing.assert_allclose(candidates["power"], np.linspace(0, 1, 5) ** 1.5)
+    assert "identity" not in candidates

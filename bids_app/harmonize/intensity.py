@@ -139,6 +139,17 @@ def estimate_gamma(flow, u, *, gamma_range=(0.3, 3.0), evaluations=14, n_segment
     return float(np.exp(log_gamma)), value, loss
 
 
+def calibrated_gamma(gamma_hat, gamma_bias=1.0, gamma_slope=1.0):
+    """The power a raw estimate stands for: ``exp(log(gamma_hat / gamma_bias) / gamma_slope)``.
+
+    ``gamma_bias`` is the prior's estimate for target-domain images (the identity's), and
+    ``gamma_slope`` how much farther than a known power shift its estimate moves (``d log
+    gamma_hat / d log gamma``; 1 for an equivariant estimate), both measured on validation
+    images by :func:`calibrate_power_map`.
+    """
+    return float(np.exp(np.log(gamma_hat / gamma_bias) / gamma_slope))
+
+
 def fit_intensity_map(
     flow,
     u,
@@ -150,6 +161,7 @@ def fit_intensity_map(
     evaluations=14,
     progress=None,
     span_pixels="counted",
+    gamma_slope=1.0,
 ):
     """Estimate the source's contrast change as a power map and return its inverse.
 
@@ -159,8 +171,10 @@ def fit_intensity_map(
     :func:`map_log_likelihood`). A prior trained for a few CPU-hours has a systematic
     preference of its own: on held-out target-domain images (where the right answer is the
     identity) the estimate is ``gamma_bias`` rather than 1. The estimate is corrected by
-    that bias, ``gamma = gamma_hat / gamma_bias``, and when the best power map explains the
-    image no better than the bias itself (by less than ``gate_bits`` bits per pixel, the
+    that bias, ``gamma = gamma_hat / gamma_bias`` (and, for a prior whose estimate
+    overshoots a power shift, by its slope: :func:`calibrated_gamma`), and when the best
+    power map explains the image no better than the bias itself (by less than ``gate_bits``
+    bits per pixel, the
     spread seen on target-domain images) the image is taken to be in the target domain and
     left unchanged. Both numbers come from the prior's validation images
     (:func:`calibrate_power_map`), never from the image being harmonized.
@@ -183,6 +197,8 @@ def fit_intensity_map(
         Called with the number of evaluations done.
     span_pixels : {"counted", "all"}
         The span term's pixels (:func:`map_log_likelihood`): as the calibration was measured.
+    gamma_slope : float
+        Calibration of the prior: how much farther than a power shift the estimate moves.
 
     Returns
     -------
@@ -196,7 +212,7 @@ def fit_intensity_map(
                                            evaluations=evaluations, span_pixels=span_pixels)
     gain = loss(np.log(gamma_bias)) - best
     in_domain = gain < gate_bits
-    gamma = 1.0 if in_domain else gamma_hat / gamma_bias
+    gamma = 1.0 if in_domain else calibrated_gamma(gamma_hat, gamma_bias, gamma_slope)
     if progress is not None:
         progress(evaluations + 1)
     info = {"gamma_hat": round(gamma_hat, 4), "gamma": round(gamma, 4),
@@ -232,7 +248,9 @@ def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5, powers=
     Returns
     -------
     dict
-        ``gamma_bias`` (geometric mean of the estimates), ``gate_bits``, the per-volume
+        ``gamma_bias`` (geometric mean of the estimates), ``gamma_slope`` (the median over
+        volumes and powers of ``1 + log(ratio) / log(1 / p)``: how much farther than the
+        shift the estimate moves, :func:`calibrated_gamma`), ``gate_bits``, the per-volume
         estimates, ``equivariance`` (per power, per volume, as above) and ``span_pixels``
         (``"counted"``: the criterion they were measured with).
     """
@@ -249,8 +267,11 @@ def calibrate_power_map(flow, volumes, *, scoring_slices=24, margin=1.5, powers=
             shifted[p].append(p * g / estimates[-1][0])
     bias = float(np.exp(np.mean([np.log(g) for g, _, _ in estimates])))
     gains = [loss(np.log(bias)) - best for _, best, loss in estimates]
+    # log(p * g(u^p) / g(u)) = (slope - 1) log(1 / p): the slope each shifted volume says
+    slopes = [1.0 + np.log(r) / np.log(1.0 / p) for p, ratios in shifted.items() for r in ratios]
     return {
         "gamma_bias": round(bias, 4),
+        "gamma_slope": round(float(np.median(slopes)), 4) if slopes else 1.0,
         "gate_bits": round(float(margin * max(gains)), 5),
         "validation_gamma_hat": [round(g, 4) for g, _, _ in estimates],
         "validation_gain_bits": [round(float(g), 5) for g in gains],

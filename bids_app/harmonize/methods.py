@@ -45,7 +45,9 @@ class FlowIntensityParams:
     ``knots``/``quantile_knots`` are the knots of the prior's power map and of the
     population quantile map; ``evaluations`` the likelihood evaluations of the power
     search on the ``scoring_slices`` slices holding most head; ``gamma_bias`` and
-    ``gate_bits`` the prior's calibrated bias and in-domain gate; ``selection``
+    ``gate_bits`` the prior's calibrated bias and in-domain gate, ``gamma_slope`` how much
+    farther than a power shift its estimate moves (1: as far; bundles calibrated before
+    session 9 record none); ``selection``
     (``--intensity-model``) forces a candidate; ``veto_bits``/``veto_consistency`` bound
     the prior's veto of the quantile map. ``span_pixels`` is the change of variables' span
     term that ``gamma_bias`` and ``gate_bits`` were calibrated with (``"counted"``: the
@@ -60,6 +62,7 @@ class FlowIntensityParams:
     evaluations: int = 14
     scoring_slices: int = 24
     gamma_bias: float = 1.0
+    gamma_slope: float = 1.0
     gate_bits: float = 0.0
     selection: str = "auto"
     veto_bits: float = 0.25

@@ -17,17 +17,18 @@ from ..preprocess.slices import scoring_slice_indices, volume_to_slices
 from .criterion import slice_likelihood
 from .evidence import tissue_order_reasons
 from ..preprocess.intensity_maps import apply_global_map
-from .intensity import fit_intensity_map, golden_section, map_and_normalize
+from .intensity import calibrated_gamma, fit_intensity_map, golden_section, map_and_normalize
 from .methods import LUT_KNOTS, SELECTIONS
 
 
-def _candidates(source, population, info, *, n_knots, gamma_bias, selection, use_prior):
+def _candidates(source, population, info, *, n_knots, gamma_bias, selection, use_prior,
+                gamma_slope=1.0):
     """The finer candidates of :func:`select_map` in order, and the power applied."""
     from .quantiles import consistency
 
     knots = np.linspace(0.0, 1.0, n_knots)
     if use_prior:
-        gamma = float(info["gamma_hat"]) / gamma_bias
+        gamma = calibrated_gamma(float(info["gamma_hat"]), gamma_bias, gamma_slope)
         identity = bool(info.get("in_domain"))
     else:
         # no estimate of the prior: the power map closest to the population instead
@@ -42,12 +43,13 @@ def _candidates(source, population, info, *, n_knots, gamma_bias, selection, use
 
 
 def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
-               selection="auto", use_prior=True):
+               selection="auto", use_prior=True, gamma_slope=1.0):
     """Check the prior's estimates against the population's quantiles; keep the finest one.
 
     The candidates, from the finest to the coarsest: the identity (only when the prior's
     gate found the image in its domain), the prior's power map ``u ** (gamma_hat /
-    gamma_bias)``, and the population quantile map
+    gamma_bias)`` (with ``gamma_slope``: :func:`~bids_app.harmonize.intensity.
+    calibrated_gamma`), and the population quantile map
     (:func:`~bids_app.harmonize.quantiles.quantile_map`: right for any monotone change, up
     to how much one subject's intensity distribution differs from the population's). The
     first that is consistent with the population (:func:`~bids_app.harmonize.quantiles.
@@ -88,7 +90,7 @@ def select_map(volume, reference, info, population, *, n_knots, gamma_bias=1.0,
     limits = {"identity": float(population.get("identity_threshold", threshold))}
     candidates, gamma = _candidates(source, population, info, n_knots=n_knots,
                                     gamma_bias=gamma_bias, selection=selection,
-                                    use_prior=use_prior)
+                                    use_prior=use_prior, gamma_slope=gamma_slope)
     candidates["quantile"] = quantile_map(source, np.asarray(population["relative_quantiles"]),
                                           n_knots, levels=levels,
                                           anchor=population.get("anchor", ANCHOR))
@@ -164,6 +166,7 @@ def _prior_estimate(flow, u, slices, valid, params, calibration, progress):
             flow, u[chosen], n_knots=params.knots,
             gamma_bias=float(calibration["gamma_bias"]),
             gate_bits=float(calibration["gate_bits"]),
+            gamma_slope=float(calibration.get("gamma_slope", 1.0)),
             evaluations=params.evaluations, progress=bar.update,
             span_pixels=calibration.get("span_pixels", params.span_pixels),
         )
@@ -204,6 +207,7 @@ def choose_global_map(problem, params):
     flow, stripped = problem.bundle.flow, problem.evidence["skull_stripped"]
     population = params.population_brain if stripped else params.population
     calibration = params.stripped if stripped else {"gamma_bias": params.gamma_bias,
+                                                    "gamma_slope": params.gamma_slope,
                                                     "gate_bits": params.gate_bits,
                                                     "span_pixels": params.span_pixels}
     use_prior = bool(calibration) and "gamma_bias" in calibration
@@ -220,7 +224,9 @@ def choose_global_map(problem, params):
         values, info = select_map(volume, problem.bundle.reference, info, population,
                                   n_knots=params.quantile_knots,
                                   gamma_bias=float(calibration["gamma_bias"]) if use_prior
-                                  else 1.0, selection=params.selection, use_prior=use_prior)
+                                  else 1.0, selection=params.selection, use_prior=use_prior,
+                                  gamma_slope=float(calibration.get("gamma_slope", 1.0))
+                                  if use_prior else 1.0)
         if (use_prior and info["selected"] == "quantile" and params.selection == "auto"
                 and veto_applies(info, params.veto_consistency)):
             values, info = prior_veto(flow, u[np.nonzero(problem.valid)[0]], prior_values,
