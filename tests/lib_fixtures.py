@@ -18,6 +18,17 @@ torch.set_num_threads(1)  # 2 cores shared with a training job: keep tests lean
 LIB_FIXTURE_DIR = Path(__file__).parent / "data" / "ixi-hh-mini"
 
 
+def lib_load_benchmark(name):
+    """The module of ``benchmarks/<name>.py`` (the benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"bh_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="session")
 def lib_bids_dir():
     """The shipped 3-subject IXI-HH BIDS fixture (2 mm)."""

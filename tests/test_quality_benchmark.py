@@ -1,19 +1,14 @@
 """benchmarks/quality.py: the app it runs is the app a user runs, with the prior asked for."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from lib_fixtures import lib_load_benchmark
 
 
 @pytest.fixture(scope="module")
 def quality():
-    spec = importlib.util.spec_from_file_location("bh_quality", ROOT / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return lib_load_benchmark("quality")
 
 
 def test_missing_data_exits_66(quality, tmp_path, capsys):

@@ -1,11 +1,11 @@
 """Smoke test of benchmarks/speed.py's core on the example data (no timing assertions)."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from lib_fixtures import lib_load_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI = ROOT / "tests" / "data" / "ixi-hh-mini"
@@ -13,10 +13,7 @@ MINI = ROOT / "tests" / "data" / "ixi-hh-mini"
 
 @pytest.fixture(scope="module")
 def speed():
-    spec = importlib.util.spec_from_file_location("bh_speed", ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return lib_load_benchmark("speed")
 
 
 def _t1w(sub):
