@@ -174,9 +174,8 @@ def fit_intensity_map(
     that bias, ``gamma = gamma_hat / gamma_bias`` (and, for a prior whose estimate
     overshoots a power shift, by its slope: :func:`calibrated_gamma`), and when the best
     power map explains the image no better than the bias itself (by less than ``gate_bits``
-    bits per pixel, the
-    spread seen on target-domain images) the image is taken to be in the target domain and
-    left unchanged. Both numbers come from the prior's validation images
+    bits per pixel, the spread seen on target-domain images) the image is taken to be in the
+    target domain and left unchanged. Both numbers come from the prior's validation images
     (:func:`calibrate_power_map`), never from the image being harmonized.
 
     Parameters

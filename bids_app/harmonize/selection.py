@@ -211,6 +211,10 @@ def choose_global_map(problem, params):
                                                     "gate_bits": params.gate_bits,
                                                     "span_pixels": params.span_pixels}
     use_prior = bool(calibration) and "gamma_bias" in calibration
+    # how the prior's raw power estimate is corrected (no estimate: nothing to correct)
+    gamma_bias, gamma_slope = ((float(calibration["gamma_bias"]),
+                                float(calibration.get("gamma_slope", 1.0)))
+                               if use_prior else (1.0, 1.0))
     volume = problem.volume
     u = torch.from_numpy(volume_to_slices(volume) / float(np.max(volume))).to(problem.device)
     if use_prior:
@@ -222,11 +226,9 @@ def choose_global_map(problem, params):
     if population:
         prior_values, prior_info = values, info
         values, info = select_map(volume, problem.bundle.reference, info, population,
-                                  n_knots=params.quantile_knots,
-                                  gamma_bias=float(calibration["gamma_bias"]) if use_prior
-                                  else 1.0, selection=params.selection, use_prior=use_prior,
-                                  gamma_slope=float(calibration.get("gamma_slope", 1.0))
-                                  if use_prior else 1.0)
+                                  n_knots=params.quantile_knots, gamma_bias=gamma_bias,
+                                  gamma_slope=gamma_slope, selection=params.selection,
+                                  use_prior=use_prior)
         if (use_prior and info["selected"] == "quantile" and params.selection == "auto"
                 and veto_applies(info, params.veto_consistency)):
             values, info = prior_veto(flow, u[np.nonzero(problem.valid)[0]], prior_values,
