@@ -98,15 +98,21 @@ def parse_method(method):
     """``(app method, parameter overrides, app options)`` of a benchmark method.
 
     ``flow-intensity[:MODEL]`` forces ``--intensity-model MODEL`` (ablation);
+    ``flow-intensity:bias-field=MODE`` passes ``--bias-field MODE``;
     ``paper[:beta1=VALUE]`` passes ``--beta1 VALUE`` (a number, or ``auto``).
     """
     name, _, variant = method.partition(":")
     if not variant:
         return name, {}, ["--method", name]
+    if name == "flow-intensity" and variant.startswith("bias-field="):
+        value = variant.partition("=")[2]
+        return name, {"bias_field": value}, ["--method", name, "--bias-field", value]
     if name == "paper" and variant.startswith("beta1="):
         value = variant.partition("=")[2]
-        value = value if value == "auto" else float(value)
-        return name, {"beta1": value}, ["--method", name, "--beta1", str(value)]
+        # as the command line types them: "auto" is the switch, a number a beta1 fixed
+        params = ({"auto_beta1": True} if value == "auto"
+                  else {"beta1": float(value), "auto_beta1": False})
+        return name, params, ["--method", name, "--beta1", value]
     return name, {"selection": variant}, ["--method", name, "--intensity-model", variant]
 
 
@@ -184,10 +190,23 @@ def _chosen(record):
     return decision.get("Selected")
 
 
+def validation_subjects(data, test):
+    """The prior's validation subjects: ``blindharmony-train --exclude-label TEST
+    --validation-fraction 0.08 --seed 0`` draws them (docs/data-split.md)."""
+    from bids_app.cli.train import collect_images, split_subjects
+
+    _, validation = split_subjects(collect_images(data, exclude=test), 0.08, 0)
+    return sorted({s for s, _ in validation})
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("-n", "--subjects", type=int, default=6, help="test subjects to use")
+    parser.add_argument("--split", choices=["test", "validation"], default="test",
+                        help="subjects scored: the test split (never tuned on, the default) or "
+                        "the prior's validation subjects (for development; Nyul and "
+                        "histogram matching are then trained on 40 subjects outside both)")
     parser.add_argument("--shifts", nargs="+", default=ALL_SHIFTS + EXTRA_SHIFTS,
                         help="shifts of bids_app.evaluation.shifts (default: ALL_SHIFTS and "
                         "EXTRA_SHIFTS)")
@@ -217,6 +236,10 @@ def main(argv=None):
     split = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())
     test = split["test"][: opts.subjects]
     train = split["train_and_validation"][:40]
+    if opts.split == "validation":
+        held = validation_subjects(opts.data, split["test"])
+        test = held[: opts.subjects]
+        train = [s for s in split["train_and_validation"] if s not in held][:40]
     if opts.fast:
         import torch
 
@@ -315,7 +338,7 @@ def main(argv=None):
     command = " ".join(["python benchmarks/quality.py", *(argv if argv is not None
                                                           else sys.argv[1:])])
     report = {"command": command, "subjects": test, "shifts": opts.shifts,
-              "mode": "fast" if opts.fast else "app",
+              "mode": "fast" if opts.fast else "app", "split": opts.split,
               "seconds_per_image": {m: round(s / per_image, 1) for m, s in seconds.items()},
               "baseline_seconds_per_image": {m: round(s / per_image, 1)
                                              for m, s in baseline_seconds.items()},
@@ -392,7 +415,8 @@ white matter) of one fixed segmentation, for each method against the unshifted i
 def markdown(report):
     shifts = report["shifts"]
     lines = [PROTOCOL, f"Run: `{report.get('command', 'python benchmarks/quality.py')}`.", "",
-             f"Subjects: {', '.join(report['subjects'])} (IXI-HH test split); mode: "
+             f"Subjects: {', '.join(report['subjects'])} "
+             f"(IXI-HH {report.get('split', 'test')} split); mode: "
              f"{report['mode']}. Mean ± SD over subjects of the per-slice mean; PSNR in dB "
              "(identical slices capped at 100 dB).", "",
              "| method | " + " | ".join(shifts) + " |",

@@ -64,6 +64,7 @@ def test_harmonization_options(base, tmp_path):
     assert opts.method == "paper" and opts.device == "cpu" and opts.prior == prior
     assert parse_args(base + ["--intensity-model", "quantile"]).overrides == {
         "selection": "quantile"}
+    assert parse_args(base + ["--bias-field", "off"]).overrides == {"bias_field": "off"}
     assert parse_args(base + ["--method", "paper", "--beta1", "auto"]).overrides == {
         "auto_beta1": True}
     assert opts.mem_gb == 4.0 and opts.verbose == 2

@@ -30,3 +30,21 @@ def test_the_app_runs_with_the_benchmarked_prior(quality, tmp_path, monkeypatch,
         assert "--prior" not in cmd
     else:
         assert cmd[cmd.index("--prior") + 1] == str(prior)
+
+
+@pytest.mark.parametrize("method, overrides", [
+    ("flow-intensity:quantile", {"selection": "quantile"}),
+    ("flow-intensity:bias-field=auto", {"bias_field": "auto"}),
+    ("paper:beta1=auto", {"auto_beta1": True}),
+    ("paper:beta1=500", {"beta1": 500.0, "auto_beta1": False}),
+])
+def test_a_benchmark_variant_is_the_app_option_it_names(quality, bids_skeleton, tmp_path, method,
+                                                        overrides):
+    """The fast mode's parameters and the app mode's flags of a variant agree: the app's own
+    parser turns the flags into the same parameters."""
+    from bids_app.cli.parser import parse_args
+
+    name, params, flags = quality.parse_method(method)
+    opts = parse_args([str(bids_skeleton), str(tmp_path / "out"), "participant", *flags])
+    assert opts.method == name
+    assert opts.overrides == params == overrides

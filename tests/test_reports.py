@@ -77,7 +77,10 @@ def make_dataset(root):
             "SkullStripped": False,
             "Prior": {"Name": "fake_prior", "Version": "0.0.test", "SHA256": "0" * 64},
             "Harmonization": {"Method": "flow-intensity", "Device": "cpu", "Knots": 8,
-                              "IntensityMap": list(np.linspace(0, 1, 12).round(3))},
+                              "IntensityMap": list(np.linspace(0, 1, 12).round(3)),
+                              "Decision": {"Selected": "power", "BiasField": {
+                                  "distance": 30.0 if site == "B" else 4.0,
+                                  "threshold": 17.4, "corrected": site == "B"}}},
             "Metrics": {
                 "NCCToSource": 0.5 if subject == OUTLIER else round(0.95 + rng.normal(0, .005), 4),
                 "LatentNorm": round(1.0 + rng.normal(0, 0.02), 4),
@@ -131,6 +134,10 @@ def test_group_tsv(group_run):
     assert by_subject["01"]["session"] == "n/a"
     assert by_subject[OOD_SUBJECT]["OutOfDomainSlices"] == "1"
     assert by_subject["01"]["OutOfDomainSlices"] == "0"
+    # what the method decided: its map, and whether a smooth field was divided out
+    assert {r["IntensityModel"] for r in rows} == {"power"}
+    assert by_subject["05"]["BiasFieldCorrected"] == "True"
+    assert by_subject["01"]["BiasFieldCorrected"] == "False"
     # the planted outlier, and only it, is flagged on NCCToSource
     flagged = {s for s, r in by_subject.items() if "NCCToSource" in r["Outliers"]}
     assert flagged == {OUTLIER}

@@ -212,6 +212,12 @@ def test_train_cli_end_to_end_and_resume(lib_bids_dir, tmp_path, capsys):
     assert resumed.training["history"][: len(bundle.training["history"])] == \
         bundle.training["history"]
     assert resumed.metrics["best_step"] in (3, 6, 9, 10)
+    # one training image has no population of fields to compare with: a clear refusal
+    # (exit 65), the bundle as it was
+    capsys.readouterr()
+    assert train_cli.main(common + ["--recalibrate-field"]) == 65
+    assert "need more than 9 training images (1 given)" in capsys.readouterr().err
+    assert "population_field" not in load_bundle(bundle_path).harmonization["flow-intensity"]
 
 
 def test_resume_without_checkpoint(lib_bids_dir, tmp_path, monkeypatch):

@@ -149,13 +149,15 @@ def test_intensity_model_belongs_to_flow_intensity(bids_skeleton, tmp_path, capl
     from bids_app.cli.workflow import cli_overrides
 
     base = [str(bids_skeleton), str(tmp_path / "out"), "participant", "-w",
-            str(tmp_path / "work"), "--intensity-model", "quantile", "--beta1", "3"]
-    assert cli_overrides(parse_args(base), "flow-intensity") == {"selection": "quantile"}
+            str(tmp_path / "work"), "--intensity-model", "quantile", "--beta1", "3",
+            "--bias-field", "off"]
+    assert cli_overrides(parse_args(base), "flow-intensity") == {"selection": "quantile",
+                                                                 "bias_field": "off"}
     assert "--beta1 ignored with --method flow-intensity" in caplog.text
     caplog.clear()
     assert cli_overrides(parse_args(base + ["--method", "paper"]), "paper") == {
         "beta1": 3.0, "auto_beta1": False}
-    assert "--intensity-model ignored with --method paper" in caplog.text
+    assert "--bias-field, --intensity-model ignored with --method paper" in caplog.text
 
 
 def test_write_graph(skeleton_files, tmp_path):

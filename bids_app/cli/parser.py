@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..__about__ import __packagename__, __version__
 from ..errors import MissingInputError, UsageError
-from ..harmonize.methods import METHODS, SELECTIONS
+from ..harmonize.methods import BIAS_FIELD, METHODS, SELECTIONS
 from ..utils.bids import check_bids_dir, check_participants, load_bids_filters, strip_label
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -218,6 +218,16 @@ def get_parser():
         "quantile force one of them",
     )
     g_model.add_argument(
+        "--bias-field",
+        "--bias_field",
+        dest="bias_field",
+        choices=BIAS_FIELD,
+        help="flow-intensity only: auto divides out a smooth (B1-like) field when the "
+        "image's is farther from the target population's fields than 95 %% of the prior's "
+        "training images are; off (default) never does: on power-shifted images the field "
+        "fit also takes the target's own shading for a field (docs/method.md)",
+    )
+    g_model.add_argument(
         "--registration-engine",
         "--registration_engine",
         dest="registration_engine",
@@ -279,14 +289,16 @@ class Options:
 #: Command-line flags of the methods' parameters (``dest`` -> the parameter's name).
 PARAMETER_FLAGS = {"alpha": "--alpha", "beta1": "--beta1", "auto_beta1": "--beta1",
                    "beta2": "--beta2", "iterations": "--iterations",
-                   "slice_sigma": "--slice-smoothing", "selection": "--intensity-model"}
+                   "slice_sigma": "--slice-smoothing", "selection": "--intensity-model",
+                   "bias_field": "--bias-field"}
 
 
 def _overrides(ns):
     """The methods' parameters given on the command line, typed (``--beta1 auto`` is the
     ``auto_beta1`` switch); parameters not given are absent."""
     given = {"alpha": ns.alpha, "beta2": ns.beta2, "iterations": ns.iterations,
-             "slice_sigma": ns.slice_smoothing, "selection": ns.intensity_model}
+             "slice_sigma": ns.slice_smoothing, "selection": ns.intensity_model,
+             "bias_field": ns.bias_field}
     overrides = {k: v for k, v in given.items() if v is not None}
     if ns.beta1 == "auto":
         overrides["auto_beta1"] = True  # the candidates are factors of the prior's beta1

@@ -13,7 +13,8 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from ..__about__ import __version__
-from ..errors import BlindHarmonyError, MissingInputError, NoMatchError, UsageError
+from ..errors import (BlindHarmonyError, InputDataError, MissingInputError, NoMatchError,
+                      UsageError)
 from ..utils.bids import collect_t1w, list_participants, load_bids_filters, strip_label
 from ..utils.templates import template_path
 from .parser import HelpFormatter
@@ -90,6 +91,10 @@ def get_parser():
     run.add_argument("--recalibrate", action="store_true",
                      help="only re-measure the harmonization calibration of OUTPUT_BUNDLE on "
                           "the validation images (no training)")
+    run.add_argument("--recalibrate-field", action="store_true",
+                     help="only measure the training images' smooth fields (the bias-field "
+                          "record of flow-intensity) into OUTPUT_BUNDLE, keeping the rest of "
+                          "its calibration (no training)")
     run.add_argument("-w", "--work-dir", type=Path, default=None,
                      help="where registered slices are cached (default: next to the bundle)")
     ref = parser.add_argument_group("Reference space")
@@ -247,6 +252,16 @@ def train(opts):
                              ref_path=ref_path)
     on_checkpoint = _checkpoint_writer(ckpt_path, config)
     calibrate = not opts.contrast_augmentation
+    if opts.recalibrate_field:
+        from ..harmonize.calibration import calibrate_field
+
+        try:
+            record = calibrate_field(bundle_path, prior.volumes)
+        except ValueError as exc:
+            raise InputDataError(bundle_path, str(exc)) from exc
+        print(f"Fields of {record['n_volumes']} training image(s): correction beyond "
+              f"{record['threshold']} (squared Mahalanobis distance)", file=sys.stderr)
+        return bundle_path
     if opts.recalibrate:
         if not calibrate:
             raise UsageError("--recalibrate measures a target prior; a "

@@ -56,7 +56,8 @@ def cli_overrides(opts, method):
 
     Each method has its own (:data:`~bids_app.harmonize.methods.METHODS`: ``--alpha``,
     ``--beta1``, ``--beta2``, ``--iterations`` and ``--slice-smoothing`` are ``paper``'s,
-    ``--intensity-model`` is ``flow-intensity``'s); the others are ignored with a warning.
+    ``--intensity-model`` and ``--bias-field`` are ``flow-intensity``'s); the others are
+    ignored with a warning.
     """
     from ..harmonize.methods import get_method
     from .parser import PARAMETER_FLAGS

@@ -60,9 +60,12 @@ def model_card(bundle, *, reproduce=None, license_text="CC BY-SA 3.0",
 
 
 def _summary(record):
-    """``record`` with long lists (population quantiles, calibration evidence) summarized."""
+    """``record`` with long lists (population quantiles, calibration evidence) and
+    matrices (the population fields' precision) summarized."""
     if isinstance(record, dict):
         return {k: _summary(v) for k, v in record.items()}
+    if isinstance(record, list) and record and all(isinstance(v, list) for v in record):
+        return f"<{len(record)} x {len(record[0])} values>"
     if isinstance(record, list) and len(record) > 12:
         return f"<{len(record)} values>"
     return record

@@ -6,7 +6,8 @@ reference grid: the prior's own bias (:func:`~bids_app.harmonize.intensity.calib
 the out-of-domain thresholds (:func:`~bids_app.harmonize.domain.calibrate_domain` for
 whole-head and for skull-stripped slices, :func:`~bids_app.harmonize.evidence.
 calibrate_tissue_order`) and the population's intensity quantiles in the template's head and
-in its brain (:func:`~bids_app.harmonize.quantiles.population_statistics`).
+in its brain (:func:`~bids_app.harmonize.quantiles.population_statistics`), and the
+population's smooth fields (:func:`~bids_app.harmonize.field.field_statistics`).
 ``blindharmony-train`` calls it at the end of training and with ``--recalibrate``.
 """
 
@@ -32,6 +33,7 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     from .methods import default_record, resolve_params
     from .domain import calibrate_domain
     from .evidence import calibrate_tissue_order
+    from .field import field_statistics
     from .intensity import calibrate_power_map, calibration_problems
     from .quantiles import population_statistics, reference_mask
 
@@ -78,9 +80,44 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
         except ValueError as exc:
             # the prior's own estimate is used alone (no population check)
             notes.append(f"Population quantiles not recorded: {exc}")
+        if on_grid:
+            try:
+                record["flow-intensity"]["population_field"] = field_statistics(
+                    train_volumes, template, brain)
+            except ValueError as exc:
+                notes.append(f"Population fields not recorded (no bias-field correction): "
+                             f"{exc}")
     bundle.harmonization = record
     bundle.save(bundle_path)
     return {**record, "notes": notes}
 
 
-__all__ = ["calibrate_bundle"]
+def calibrate_field(bundle_path, train_volumes, *, device="cpu"):
+    """Measure only the training images' smooth fields into the bundle.
+
+    Writes ``flow-intensity.population_field``
+    (:func:`~bids_app.harmonize.field.field_statistics` on ``train_volumes``, with the
+    bundle's template) and keeps the rest of the bundle's calibration as it is: a bundle
+    calibrated before the field was measured gains the bias-field correction without its
+    other numbers moving (``blindharmony-train --recalibrate-field``). Returns the record.
+    """
+    from ..flow.bundle import load_bundle
+    from ..preprocess.masks import template_brain_mask
+    from .field import field_statistics
+
+    bundle = load_bundle(bundle_path, device=device)
+    brain = template_brain_mask()
+    template = np.asarray(bundle.reference.dataobj, dtype=np.float64)
+    if brain.shape != template.shape:
+        raise ValueError(f"{bundle_path}: the bundle's grid {template.shape} is not the "
+                         f"shipped template's {brain.shape}: no brain mask to fit fields in")
+    record = field_statistics(train_volumes, template, brain)
+    harmonization = dict(bundle.harmonization)
+    harmonization["flow-intensity"] = {**(harmonization.get("flow-intensity") or {}),
+                                       "population_field": record}
+    bundle.harmonization = harmonization
+    bundle.save(bundle_path)
+    return record
+
+
+__all__ = ["calibrate_bundle", "calibrate_field"]

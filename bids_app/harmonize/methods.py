@@ -34,6 +34,10 @@ DEFAULT_METHOD = "flow-intensity"
 #: How ``flow-intensity`` picks its map (``--intensity-model``).
 SELECTIONS = ("auto", "power", "quantile")
 
+#: Whether ``flow-intensity`` divides out a smooth field beyond the population's
+#: (``--bias-field``).
+BIAS_FIELD = ("auto", "off")
+
 #: Knots of the per-slice intensity maps that carry a result to native space.
 LUT_KNOTS = 33
 
@@ -52,9 +56,14 @@ class FlowIntensityParams:
     the prior's veto of the quantile map. ``span_pixels`` is the change of variables' span
     term that ``gamma_bias`` and ``gate_bits`` were calibrated with (``"counted"``: the
     non-background pixels, as every calibration since session 7 records; ``"all"``: all
-    pixels, for bundles calibrated before). ``population``, ``population_brain`` and
-    ``stripped`` are calibration records of the bundle (the target population's
-    quantiles in the head and in the brain; the prior's bias on brain-masked images).
+    pixels, for bundles calibrated before). ``bias_field`` (``--bias-field``): ``"auto"``
+    divides out a smooth field when it is beyond the target population's
+    (:mod:`~bids_app.harmonize.field`; a bundle without the ``population_field`` record has
+    none to compare with), ``"off"`` (the default: it costs the power shifts, docs/method.md)
+    never. ``population``, ``population_brain``,
+    ``stripped`` and ``population_field`` are calibration records of the bundle (the
+    target population's quantiles in the head and in the brain; the prior's bias on
+    brain-masked images; the population's fields).
     """
 
     knots: int = 33
@@ -68,17 +77,22 @@ class FlowIntensityParams:
     veto_bits: float = 0.25
     veto_consistency: float = 3.0
     span_pixels: str = "all"
+    bias_field: str = "off"
     population: dict | None = field(default=None, repr=False)
     population_brain: dict | None = field(default=None, repr=False)
     stripped: dict | None = field(default=None, repr=False)
+    population_field: dict | None = field(default=None, repr=False)
 
     #: Fields that are calibration records, not hyperparameters (kept out of sidecars).
-    records = ("population", "population_brain", "stripped")
+    records = ("population", "population_brain", "stripped", "population_field")
 
     def __post_init__(self):
         if self.selection not in SELECTIONS:
             raise ValueError(f"unknown intensity model {self.selection!r}; choose one of "
                              f"{SELECTIONS}")
+        if self.bias_field not in BIAS_FIELD:
+            raise ValueError(f"unknown bias-field mode {self.bias_field!r}; choose one of "
+                             f"{BIAS_FIELD}")
         if self.span_pixels not in ("counted", "all"):
             raise ValueError(f"span_pixels must be 'counted' or 'all', not {self.span_pixels!r}")
 

@@ -10,12 +10,15 @@ space.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from ..preprocess.slices import scoring_slice_indices, volume_to_slices
 from .criterion import slice_likelihood
 from .evidence import tissue_order_reasons
+from .field import assess_field, correction
 from ..preprocess.intensity_maps import apply_global_map
 from .intensity import calibrated_gamma, fit_intensity_map, golden_section, map_and_normalize
 from .methods import LUT_KNOTS, SELECTIONS
@@ -243,6 +246,20 @@ def choose_global_map(problem, params):
     return values, {**info, "fallback": bool(reasons), "fallback_reasons": reasons}
 
 
+def _bias_field(problem, params):
+    """:func:`~bids_app.harmonize.field.assess_field` of the source, or None (no record in
+    the bundle, ``--bias-field off``, or a grid other than the shipped template's)."""
+    from ..preprocess.masks import template_brain_mask
+
+    if params.population_field is None or params.bias_field != "auto":
+        return None
+    brain = template_brain_mask()
+    template = np.asarray(problem.bundle.reference.dataobj, dtype=np.float64)
+    if brain.shape != np.shape(problem.volume) or brain.shape != template.shape:
+        return None
+    return assess_field(problem.volume, template, brain, params.population_field)
+
+
 def run_flow_intensity(problem, params):
     """Harmonize ``problem`` (:class:`~bids_app.harmonize.methods.Problem`) with one map.
 
@@ -252,8 +269,23 @@ def run_flow_intensity(problem, params):
     """
     from .methods import Outcome
 
+    original = problem.volume
+    field = _bias_field(problem, params)
+    if field is not None and field["corrected"]:
+        problem = dataclasses.replace(problem, volume=(problem.volume * correction(field))
+                                      .astype(np.float32))
     values, info = choose_global_map(problem, params)
     reasons = info.pop("fallback_reasons")
+    if field is not None:
+        # an image the method will not change (the out-of-domain fallback) keeps its field
+        if info["fallback"]:
+            field = {k: v for k, v in field.items() if k in ("distance", "threshold")}
+            field["corrected"] = False
+        info["bias_field"] = {k: field[k] for k in ("distance", "threshold", "corrected",
+                                                    "shrinkage") if k in field}
+    applied = field if field is not None and field["corrected"] else None
+    if applied is None and problem.volume is not original:
+        problem = dataclasses.replace(problem, volume=original)
     scale = float(np.max(problem.volume))
     mapped = apply_global_map(volume_to_slices(problem.volume), values, scale)
     harmonized = problem.slices.copy()
@@ -265,8 +297,12 @@ def run_flow_intensity(problem, params):
         lut[k] = (apply_global_map(src, values, scale) - low[k]) / span
         harmonized[k] = (mapped[k] - low[k]) / span
     decision = {**info, "map": [round(float(v), 5) for v in values]}
+    global_map = {"values": values, "scale": scale}
+    if applied is not None:
+        global_map["field"] = {k: applied[k] for k in ("coefficients", "order", "offset",
+                                                       "shape")}
     return Outcome(harmonized=harmonized, lut=lut, decision=decision, reasons=reasons,
-                   global_map={"values": values, "scale": scale})
+                   global_map=global_map)
 
 
 __all__ = ["choose_global_map", "prior_veto", "run_flow_intensity", "select_map",

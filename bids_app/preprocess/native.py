@@ -16,15 +16,33 @@ import numpy as np
 from .intensity_maps import apply_global_map, apply_slice_map
 
 
-def _slice_coordinate(native_img, matrix, grid_affine):
-    """Continuous reference slice index (third grid axis) of every native voxel."""
+def _reference_coordinate(native_img, matrix, grid_affine, axis):
+    """Continuous reference voxel index along grid ``axis`` of every native voxel."""
     # reference voxel = inv(grid) @ inv(A) @ native_affine @ native voxel
     to_ref = np.linalg.inv(grid_affine) @ np.linalg.inv(matrix) @ native_img.affine
-    row = to_ref[2]
+    row = to_ref[axis]
     i, j, k = (np.arange(n, dtype=np.float64) for n in native_img.shape[:3])
     return (
         row[0] * i[:, None, None] + row[1] * j[None, :, None] + row[2] * k[None, None, :] + row[3]
     )
+
+
+def _slice_coordinate(native_img, matrix, grid_affine):
+    """Continuous reference slice index (third grid axis) of every native voxel."""
+    return _reference_coordinate(native_img, matrix, grid_affine, 2)
+
+
+def field_correction(native_img, field, matrix, grid_affine):
+    """The factor that divides a smooth field out of every native voxel.
+
+    ``field`` is the ``global_map["field"]`` record of ``flow-intensity``
+    (:func:`bids_app.harmonize.field.assess_field`): a polynomial in the reference grid's
+    voxel coordinates, evaluated exactly at each native voxel's place in that grid.
+    """
+    from ..harmonize.field import correction
+
+    index = [_reference_coordinate(native_img, matrix, grid_affine, axis) for axis in range(3)]
+    return correction(field, index)
 
 
 def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map=None):
@@ -47,7 +65,9 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
 
     global_map : dict, optional
         ``{"values", "scale"}``: a single monotone map of the whole volume (the
-        ``flow-intensity`` method); applied exactly instead of the per-slice maps.
+        ``flow-intensity`` method); applied exactly instead of the per-slice maps. With a
+        ``"field"`` entry the smooth field it records is divided out first
+        (:func:`field_correction`).
 
     Returns
     -------
@@ -58,6 +78,9 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
     valid_idx = np.nonzero(np.asarray(valid))[0]
     data = np.asanyarray(native_img.dataobj, dtype=np.float64)
     if global_map is not None:
+        if global_map.get("field") is not None:
+            data = data * field_correction(native_img, global_map["field"], matrix,
+                                           grid_affine)
         out = apply_global_map(data, global_map["values"], global_map["scale"])
         return _like(native_img, out)
     if valid_idx.size == 0:

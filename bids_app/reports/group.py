@@ -106,7 +106,9 @@ class ImageRecord:
         row["OutOfDomainSlices"] = len(out_of_domain_slices(self.slice_bpd))
         harmonization = self.sidecar.get("Harmonization") or {}
         row["Method"] = harmonization.get("Method")
-        row["IntensityModel"] = (harmonization.get("Decision") or {}).get("Selected")
+        decision = harmonization.get("Decision") or {}
+        row["IntensityModel"] = decision.get("Selected")
+        row["BiasFieldCorrected"] = (decision.get("BiasField") or {}).get("corrected")
         row["Prior"] = (self.sidecar.get("Prior") or {}).get("Name")
         row["Outliers"] = ";".join(self.outliers) or None
         return row
