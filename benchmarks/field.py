@@ -36,14 +36,11 @@ SHIFTS = ["identity", "bias40", "bias+gamma0.8", "exp", "log", "gamma0.7", "gmwm
 
 def subjects(data, split):
     """The subjects of ``split``: ``test`` (benchmarks/ixihh_split.json) or ``validation``
-    (``blindharmony-train --validation-fraction 0.08 --seed 0`` of the rest)."""
-    from bids_app.cli.train import collect_images, split_subjects
+    (:func:`quality.validation_subjects`)."""
+    from quality import validation_subjects
 
     test = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())["test"]
-    if split == "test":
-        return list(test)
-    _, validation = split_subjects(collect_images(data, exclude=test), 0.08, 0)
-    return sorted({s for s, _ in validation})
+    return list(test) if split == "test" else validation_subjects(data, test)
 
 
 def run(opts):
@@ -73,7 +70,8 @@ def run(opts):
         for shift in opts.shifts:
             source = apply_shift(clean, shift, seed=k)
             field = assess_field(source, template, brain, record)
-            corrected = source * correction(field) if field["corrected"] else source
+            corrected = (source * correction(field["correction"]) if field["corrected"]
+                         else source)
             rows.append({
                 "subject": sub, "shift": shift, "distance": field["distance"],
                 "corrected": field["corrected"],

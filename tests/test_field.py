@@ -69,7 +69,7 @@ def test_the_shipped_prior_divides_out_a_b1_field_and_leaves_unshifted_heads(
         field = assess_field(shifted, template, brain, record)
         assert field["distance"] > unshifted["distance"]
         if field["corrected"]:
-            corrected = shifted * correction(field)
+            corrected = shifted * correction(field["correction"])
             gains.append(_scores(corrected, volume, template)
                          - _scores(shifted, volume, template))
     assert len(gains) >= 2

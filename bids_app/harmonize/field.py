@@ -125,8 +125,7 @@ def field_statistics(volumes, template, brain, *, order=ORDER, percentile=FIELD_
     dict
         JSON-ready: ``order``, ``median`` (coefficients), ``precision`` (inverse covariance
         of the coefficients), ``threshold`` (``percentile`` of the training images' squared
-        Mahalanobis distances), ``offset`` (the median field's mean over the template's
-        brain, subtracted so that a correction keeps the brain's mean), ``n_volumes``.
+        Mahalanobis distances), ``percentile``, ``wm_percentiles``, ``n_volumes``.
     """
     wm = white_matter(template, brain)
     coefs = np.array([fit_coefficients(v, template, wm, order) for v in volumes])
@@ -177,11 +176,12 @@ def assess_field(volume, template, brain, record):
     dict
         ``distance`` (squared Mahalanobis distance of the image's coefficients from the
         population's median), ``threshold``, ``corrected`` (distance over threshold) and,
-        when corrected, ``coefficients`` of the log-field to divide out (the difference to
-        the median, shrunk James-Stein-wise by ``shrinkage`` = ``1 - (p - 2) / distance``
-        with ``p`` the number of terms: the expected part of the subject's own shading),
-        ``offset`` (subtracted from the log-field everywhere, so that the brain's mean is
-        kept), ``order`` and ``shape`` (of the reference grid).
+        when corrected, ``shrinkage`` (``1 - (p - 2) / distance``, James-Stein, ``p`` the
+        number of terms: the expected part of the subject's own shading) and
+        ``correction``, what :func:`correction` divides out: ``coefficients`` of the
+        log-field (the difference to the median, shrunk), ``offset`` (subtracted from the
+        log-field everywhere, so that the brain's mean is kept), ``order`` and ``shape``
+        (of the reference grid).
     """
     order = int(record["order"])
     wm = white_matter(template, brain, tuple(record.get("wm_percentiles", WM_PERCENTILES)))
@@ -196,14 +196,15 @@ def assess_field(volume, template, brain, record):
         shrink = max(0.0, 1.0 - (delta.size - 2) / distance)
         delta = shrink * delta
         offset = float(log_field(delta, order, np.shape(volume))[np.asarray(brain)].mean())
-        out.update(shrinkage=round(shrink, 4), coefficients=[float(v) for v in delta],
-                   order=order, offset=offset, shape=[int(n) for n in np.shape(volume)])
+        out.update(shrinkage=round(shrink, 4), correction={
+            "coefficients": [float(v) for v in delta], "order": order, "offset": offset,
+            "shape": [int(n) for n in np.shape(volume)]})
     return out
 
 
 def correction(field, index=None):
-    """The factor ``exp(-(log-field - offset))`` of an :func:`assess_field` record that
-    corrected, on the reference grid or at reference voxel ``index``."""
+    """The factor ``exp(-(log-field - offset))`` of a ``correction`` record of
+    :func:`assess_field`, on the reference grid or at reference voxel ``index``."""
     return np.exp(-(log_field(field["coefficients"], field["order"], field["shape"], index)
                     - field["offset"]))
 

@@ -269,23 +269,21 @@ def run_flow_intensity(problem, params):
     """
     from .methods import Outcome
 
-    original = problem.volume
-    field = _bias_field(problem, params)
+    source, field = problem, _bias_field(problem, params)
     if field is not None and field["corrected"]:
-        problem = dataclasses.replace(problem, volume=(problem.volume * correction(field))
-                                      .astype(np.float32))
+        problem = dataclasses.replace(problem, volume=(
+            problem.volume * correction(field["correction"])).astype(np.float32))
     values, info = choose_global_map(problem, params)
     reasons = info.pop("fallback_reasons")
+    applied = None
     if field is not None:
-        # an image the method will not change (the out-of-domain fallback) keeps its field
         if info["fallback"]:
-            field = {k: v for k, v in field.items() if k in ("distance", "threshold")}
-            field["corrected"] = False
-        info["bias_field"] = {k: field[k] for k in ("distance", "threshold", "corrected",
-                                                    "shrinkage") if k in field}
-    applied = field if field is not None and field["corrected"] else None
-    if applied is None and problem.volume is not original:
-        problem = dataclasses.replace(problem, volume=original)
+            # an image the method will not change (the out-of-domain fallback) keeps its field
+            field = {"distance": field["distance"], "threshold": field["threshold"],
+                     "corrected": False}
+            problem = source
+        applied = field.pop("correction", None)
+        info["bias_field"] = field
     scale = float(np.max(problem.volume))
     mapped = apply_global_map(volume_to_slices(problem.volume), values, scale)
     harmonized = problem.slices.copy()
@@ -299,8 +297,7 @@ def run_flow_intensity(problem, params):
     decision = {**info, "map": [round(float(v), 5) for v in values]}
     global_map = {"values": values, "scale": scale}
     if applied is not None:
-        global_map["field"] = {k: applied[k] for k in ("coefficients", "order", "offset",
-                                                       "shape")}
+        global_map["field"] = applied
     return Outcome(harmonized=harmonized, lut=lut, decision=decision, reasons=reasons,
                    global_map=global_map)
 

@@ -131,12 +131,9 @@ class Harmonize(SimpleInterface):
         if result.get("global_map") is not None:
             arrays["map_values"] = np.asarray(result["global_map"]["values"])
             arrays["map_scale"] = np.asarray(result["global_map"]["scale"])
-            field = result["global_map"].get("field")
-            if field is not None:
-                arrays.update(field_coefficients=np.asarray(field["coefficients"]),
-                              field_order=np.asarray(field["order"]),
-                              field_offset=np.asarray(field["offset"]),
-                              field_shape=np.asarray(field["shape"]))
+            # the smooth field divided out, if any: one field_<key> array per entry
+            arrays.update({f"field_{k}": np.asarray(v)
+                           for k, v in (result["global_map"].get("field") or {}).items()})
         np.savez(out_map, **arrays)
         _log_evidence(self.inputs.in_file, result["metrics"])
         record = {"Method": result["method"], "Device": self.inputs.device}
@@ -186,11 +183,10 @@ class ToNative(SimpleInterface):
         global_map = None
         if "map_values" in maps:
             global_map = {"values": maps["map_values"], "scale": float(maps["map_scale"])}
-            if "field_coefficients" in maps:
-                global_map["field"] = {"coefficients": maps["field_coefficients"],
-                                       "order": int(maps["field_order"]),
-                                       "offset": float(maps["field_offset"]),
-                                       "shape": [int(n) for n in maps["field_shape"]]}
+            field = {k[len("field_"):]: maps[k].tolist() for k in maps.files
+                     if k.startswith("field_")}
+            if field:
+                global_map["field"] = field
         img = to_native(
             nib.load(self.inputs.native_file),
             maps["lut"],
