@@ -29,6 +29,7 @@ brain alone for the skull-stripped pairs (what a user with skull-stripped data w
 Usage::
 
     python benchmarks/stability.py --cache WORK/ixihh_slices.npz -n 6
+    python benchmarks/stability.py -n 3     # no cache: the source and the default only
 """
 
 from __future__ import annotations
@@ -128,6 +129,13 @@ class Baselines:
         return out
 
 
+class NoBaselines:
+    """Without the slice cache: the app's default alone (the baselines' rows are absent)."""
+
+    def run(self, volume, stripped):
+        return {}
+
+
 def harmonized(scan, bundle, baselines, threads):
     """``(stripped, {method: reference-space volume})`` of one scan."""
     from bids_app.harmonize.volume import harmonize_volume
@@ -155,11 +163,13 @@ def run(opts):
     bundle = load_bundle(opts.prior)
     brain = template_brain_mask()
     masks = {False: reference_mask(bundle.reference), True: inner_brain(brain)}
-    with np.load(opts.cache, allow_pickle=False) as npz:
-        labels = [label.split(":")[0] for label in list(npz["labels"])[1:]]
-        train = set(bundle.training["train_subjects"])
-        volumes = npz["volumes"][[i for i, s in enumerate(labels) if s in train]]
-    baselines = Baselines(volumes, brain)
+    baselines = NoBaselines()
+    if opts.cache is not None:
+        with np.load(opts.cache, allow_pickle=False) as npz:
+            labels = [label.split(":")[0] for label in list(npz["labels"])[1:]]
+            train = set(bundle.training["train_subjects"])
+            volumes = npz["volumes"][[i for i, s in enumerate(labels) if s in train]]
+        baselines = Baselines(volumes, brain)
     test = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())["test"]
     images = collect_images(DATA, participant_label=test[: opts.n])
     rows, flags = [], []
@@ -245,8 +255,10 @@ def write_markdown(table, flags, subjects, seconds, opts):
 
 def get_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
-    parser.add_argument("--cache", type=Path, required=True,
-                        help="blindharmony-train's registered-slice cache of the prior")
+    parser.add_argument("--cache", type=Path, default=None,
+                        help="blindharmony-train's registered-slice cache of the prior (the "
+                        "baselines' training volumes); without it only the source and the "
+                        "app's default are scored")
     parser.add_argument("--prior", default=None, help="prior bundle (default: the shipped one)")
     parser.add_argument("-n", type=int, default=6, help="first N test subjects")
     parser.add_argument("--threads", type=int, default=1)
@@ -258,7 +270,7 @@ def get_parser():
 def main(argv=None):
     opts = get_parser().parse_args(argv)
     os.environ.setdefault("NIPYPE_NO_ET", "1")
-    if not DATA.is_dir() or not opts.cache.is_file():
+    if not DATA.is_dir() or (opts.cache is not None and not opts.cache.is_file()):
         print(f"needs {DATA} and the slice cache {opts.cache}", file=sys.stderr)
         return 66
     rows, flags, seconds = run(opts)

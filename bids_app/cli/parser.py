@@ -222,10 +222,9 @@ def get_parser():
         "--bias_field",
         dest="bias_field",
         choices=BIAS_FIELD,
-        help="flow-intensity only: auto divides out a smooth (B1-like) field when the "
-        "image's is farther from the target population's fields than 95 %% of the prior's "
-        "training images are; off (default) never does: on power-shifted images the field "
-        "fit also takes the target's own shading for a field (docs/method.md)",
+        help="flow-intensity only: auto (default) divides a smooth (B1-like) field out of "
+        "the harmonized image when its field is farther from the target population's than "
+        "95 %% of the prior's training images are; off never does (docs/method.md)",
     )
     g_model.add_argument(
         "--registration-engine",

@@ -56,12 +56,12 @@ class FlowIntensityParams:
     the prior's veto of the quantile map. ``span_pixels`` is the change of variables' span
     term that ``gamma_bias`` and ``gate_bits`` were calibrated with (``"counted"``: the
     non-background pixels, as every calibration since session 7 records; ``"all"``: all
-    pixels, for bundles calibrated before). ``bias_field`` (``--bias-field``): ``"auto"``
-    divides out a smooth field when it is beyond the target population's
-    (:mod:`~bids_app.harmonize.field`; a bundle without the ``population_field`` record has
-    none to compare with), ``"off"`` (the default: it costs the power shifts, docs/method.md)
-    never. ``population``, ``population_brain``,
-    ``stripped`` and ``population_field`` are calibration records of the bundle (the
+    pixels, for bundles calibrated before). ``bias_field`` (``--bias-field``): ``"auto"`` (the
+    default) divides a smooth field out of the mapped image when it is beyond the target
+    population's (:mod:`~bids_app.harmonize.field`; a bundle without the
+    ``population_field`` record has none to compare with), ``"off"`` never.
+    ``population``, ``population_brain``, ``stripped`` and ``population_field`` are
+    calibration records of the bundle (the
     target population's quantiles in the head and in the brain; the prior's bias on
     brain-masked images; the population's fields).
     """
@@ -77,7 +77,7 @@ class FlowIntensityParams:
     veto_bits: float = 0.25
     veto_consistency: float = 3.0
     span_pixels: str = "all"
-    bias_field: str = "off"
+    bias_field: str = "auto"
     population: dict | None = field(default=None, repr=False)
     population_brain: dict | None = field(default=None, repr=False)
     stripped: dict | None = field(default=None, repr=False)

@@ -10,8 +10,6 @@ space.
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import torch
 
@@ -246,46 +244,53 @@ def choose_global_map(problem, params):
     return values, {**info, "fallback": bool(reasons), "fallback_reasons": reasons}
 
 
-def _bias_field(problem, params):
-    """:func:`~bids_app.harmonize.field.assess_field` of the source, or None (no record in
-    the bundle, ``--bias-field off``, or a grid other than the shipped template's)."""
+def _bias_field(volume, problem, params):
+    """:func:`~bids_app.harmonize.field.assess_field` of ``volume`` (the source after its
+    map), or None (no record in the bundle, ``--bias-field off``, or a grid other than the
+    shipped template's)."""
     from ..preprocess.masks import template_brain_mask
 
     if params.population_field is None or params.bias_field != "auto":
         return None
     brain = template_brain_mask()
     template = np.asarray(problem.bundle.reference.dataobj, dtype=np.float64)
-    if brain.shape != np.shape(problem.volume) or brain.shape != template.shape:
+    if brain.shape != np.shape(volume) or brain.shape != template.shape:
         return None
-    return assess_field(problem.volume, template, brain, params.population_field)
+    return assess_field(volume, template, brain, params.population_field)
 
 
 def run_flow_intensity(problem, params):
     """Harmonize ``problem`` (:class:`~bids_app.harmonize.methods.Problem`) with one map.
 
+    The map is chosen on the source (:func:`choose_global_map`); with ``--bias-field auto``
+    the mapped volume's smooth field is then measured against the population's and, when
+    beyond it, divided out (:mod:`~bids_app.harmonize.field`). The field is measured after
+    the map because a contrast change is not a field but looks like one before it is
+    undone: under ``u = x ** g`` the log-ratio to the template carries ``g - 1`` times the
+    template's own shading (docs/method.md, "A smooth field"). An image the method will not
+    change (the out-of-domain fallback) keeps its field.
+
     Returns a :class:`~bids_app.harmonize.methods.Outcome`: the harmonized slices (in the
     per-slice normalized units of ``problem.slices``), the map per slice for the way back
-    to native space, the map itself and the decision record.
+    to native space, the map itself (with the field divided out after it, if any) and the
+    decision record.
     """
     from .methods import Outcome
 
-    source, field = problem, _bias_field(problem, params)
-    if field is not None and field["corrected"]:
-        problem = dataclasses.replace(problem, volume=(
-            problem.volume * correction(field["correction"])).astype(np.float32))
     values, info = choose_global_map(problem, params)
     reasons = info.pop("fallback_reasons")
+    scale = float(np.max(problem.volume))
+    mapped = apply_global_map(problem.volume, values, scale)
+    field = None if info["fallback"] else _bias_field(mapped, problem, params)
     applied = None
     if field is not None:
-        if info["fallback"]:
-            # an image the method will not change (the out-of-domain fallback) keeps its field
-            field = {"distance": field["distance"], "threshold": field["threshold"],
-                     "corrected": False}
-            problem = source
         applied = field.pop("correction", None)
         info["bias_field"] = field
-    scale = float(np.max(problem.volume))
-    mapped = apply_global_map(volume_to_slices(problem.volume), values, scale)
+    elif info["fallback"] and params.bias_field == "auto":
+        info["bias_field"] = {"corrected": False}
+    if applied is not None:
+        mapped = (mapped * correction(applied)).astype(np.float32)
+    mapped = volume_to_slices(mapped)
     harmonized = problem.slices.copy()
     lut = np.tile(np.linspace(0.0, 1.0, LUT_KNOTS), (len(problem.slices), 1))
     low, high = problem.low, problem.high

@@ -66,8 +66,8 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
     global_map : dict, optional
         ``{"values", "scale"}``: a single monotone map of the whole volume (the
         ``flow-intensity`` method); applied exactly instead of the per-slice maps. With a
-        ``"field"`` entry the smooth field it records is divided out first
-        (:func:`field_correction`).
+        ``"field"`` entry the smooth field it records is divided out of the mapped
+        image (:func:`field_correction`).
 
     Returns
     -------
@@ -78,10 +78,9 @@ def to_native(native_img, lut, low, high, valid, matrix, grid_affine, global_map
     valid_idx = np.nonzero(np.asarray(valid))[0]
     data = np.asanyarray(native_img.dataobj, dtype=np.float64)
     if global_map is not None:
-        if global_map.get("field") is not None:
-            data = data * field_correction(native_img, global_map["field"], matrix,
-                                           grid_affine)
         out = apply_global_map(data, global_map["values"], global_map["scale"])
+        if global_map.get("field") is not None:
+            out = out * field_correction(native_img, global_map["field"], matrix, grid_affine)
         return _like(native_img, out)
     if valid_idx.size == 0:
         return _like(native_img, data)
