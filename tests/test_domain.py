@@ -46,3 +46,22 @@ def test_calibration_and_flag(bundle, volume):
     assert out_of_domain(norm, record) is False
     assert out_of_domain(image_latent_norm(bundle.flow, _inverted(volume)), record) is True
     assert out_of_domain(norm, None) is None
+
+
+def test_a_fallback_records_the_field_left_alone_only_where_it_is_measured(bundle, volume):
+    # an image the method will not change keeps its field: the sidecar says so when the
+    # bundle could have measured it, and says nothing of a field when it could not
+    import copy
+
+    _, result = harmonize_volume(_inverted(volume), bundle, progress=False)
+    assert result["decision"]["fallback"] is True
+    assert result["decision"]["bias_field"] == {"corrected": False}
+    assert "field" not in result["global_map"]
+    unfielded = copy.copy(bundle)
+    unfielded.harmonization = {
+        **bundle.harmonization,
+        "flow-intensity": {k: v for k, v in bundle.harmonization["flow-intensity"].items()
+                           if k != "population_field"}}
+    _, result = harmonize_volume(_inverted(volume), unfielded, progress=False)
+    assert result["decision"]["fallback"] is True
+    assert "bias_field" not in result["decision"]

@@ -244,19 +244,28 @@ def choose_global_map(problem, params):
     return values, {**info, "fallback": bool(reasons), "fallback_reasons": reasons}
 
 
-def _bias_field(volume, problem, params):
-    """:func:`~bids_app.harmonize.field.assess_field` of ``volume`` (the source after its
-    map), or None (no record in the bundle, ``--bias-field off``, or a grid other than the
-    shipped template's)."""
+def _field_inputs(problem, params):
+    """``(template, brain)`` the field is measured with, or None where the step does not
+    run (no record in the bundle, ``--bias-field off``, or a grid other than the shipped
+    template's)."""
     from ..preprocess.masks import template_brain_mask
 
     if params.population_field is None or params.bias_field != "auto":
         return None
     brain = template_brain_mask()
     template = np.asarray(problem.bundle.reference.dataobj, dtype=np.float64)
-    if brain.shape != np.shape(volume) or brain.shape != template.shape:
+    if brain.shape != np.shape(problem.volume) or brain.shape != template.shape:
         return None
-    return assess_field(volume, template, brain, params.population_field)
+    return template, brain
+
+
+def _bias_field(volume, problem, params):
+    """:func:`~bids_app.harmonize.field.assess_field` of ``volume`` (the source after its
+    map), or None where the step does not run (:func:`_field_inputs`)."""
+    inputs = _field_inputs(problem, params)
+    if inputs is None:
+        return None
+    return assess_field(volume, *inputs, params.population_field)
 
 
 def run_flow_intensity(problem, params):
@@ -286,7 +295,8 @@ def run_flow_intensity(problem, params):
     if field is not None:
         applied = field.pop("correction", None)
         info["bias_field"] = field
-    elif info["fallback"] and params.bias_field == "auto":
+    elif info["fallback"] and _field_inputs(problem, params) is not None:
+        # the step would have run: say that the field was left as it is
         info["bias_field"] = {"corrected": False}
     if applied is not None:
         mapped = (mapped * correction(applied)).astype(np.float32)
