@@ -250,3 +250,47 @@ def test_existing_shifts_are_unchanged_by_the_extra_ones(fixture_t1w):
     assert not set(ALL_SHIFTS) & set(EXTRA_SHIFTS)
     base = apply_shift(volume, "identity").astype(np.float64)
     np.testing.assert_allclose(apply_shift(volume, "gamma1.5"), base**1.5, atol=1e-6)
+
+
+def _phantom(seed=0, sigma=0.02):
+    """Three flat tissues (0.2, 0.5, 0.9) in nested blocks on a zero background, plus
+    Gaussian noise of ``sigma``; returns the noisy volume and each tissue's core mask."""
+    from scipy.ndimage import binary_erosion
+
+    rng = np.random.default_rng(seed)
+    clean = np.zeros((40, 40, 24))
+    clean[4:36, 4:36, 2:22] = 0.2
+    clean[10:30, 10:30, 5:19] = 0.5
+    clean[15:25, 15:25, 8:16] = 0.9
+    cores = [binary_erosion(np.isclose(clean, level), iterations=2) for level in (0.2, 0.5, 0.9)]
+    noisy = np.clip(clean + sigma * rng.standard_normal(clean.shape), 0, None)
+    noisy[0, 0, 0] = 1.0  # a fixed maximum, as min-max normalization needs
+    return noisy, cores
+
+
+def test_signal_domain_identity_gives_the_image_back(fixture_t1w):
+    volume, _ = fixture_t1w
+    base = apply_shift(volume, "identity").astype(np.float64)
+    out = apply_shift(volume, "identity@signal").astype(np.float64)
+    assert np.abs(out - base).max() < 1e-4
+
+
+def test_signal_domain_shift_keeps_the_noise_stationary():
+    """On the image, Exp stretches the noise of bright tissue (slope e^x); on the signal
+    the noise keeps one level in every tissue, as on another scanner."""
+    noisy, (dark, mid, bright) = _phantom()
+
+    def ratio(out):
+        return out[bright].std() / out[dark].std()
+
+    image, signal = apply_shift(noisy, "exp"), apply_shift(noisy, "exp@signal")
+    assert ratio(image) > 1.8  # e^(0.9 - 0.2) = 2.01
+    assert 0.8 < ratio(signal) < 1.25
+    # the contrast change itself is the same: the tissue means move alike
+    for region in (dark, mid, bright):
+        assert abs(image[region].mean() - signal[region].mean()) < 0.02
+
+
+def test_signal_domain_rejects_unknown_shifts():
+    with pytest.raises(ValueError, match="unknown shift"):
+        apply_shift(_head(), "gamma2@signal")

@@ -6,6 +6,13 @@ every benchmark); :data:`EXTRA_SHIFTS` go beyond exp, log and power curves (scor
 quality benchmark): a sigmoid contrast and a compression and an expansion of the
 grey/white-matter range (monotone), a B1-like bias field alone (spatial, not an intensity
 map) and a slight blur with a mild contrast change (another resolution).
+
+Every shift acts on the image as it is, noise included: a change ``T`` of a noisy image
+``x + n`` makes the noise heteroscedastic (its level follows ``T'``), which a real scanner
+change does not do (its contrast is in the signal, and its noise is added after). A name
+with the suffix :data:`SIGNAL` (``"exp@signal"``) applies the shift to the signal alone
+(:func:`signal_domain`): the image is split into a denoised part and the residual, the
+shift changes the denoised part, and the residual is added back as it was.
 """
 
 from __future__ import annotations
@@ -91,6 +98,41 @@ EXTRA = {
 }
 
 
+#: Suffix of a shift name that applies the shift to the signal alone (:func:`signal_domain`).
+SIGNAL = "@signal"
+
+
+def split_noise(x):
+    """``(signal, residual)`` of a min-max normalized volume ``x``: non-local means
+    (scikit-image's ``denoise_nl_means``, 3 x 3 x 3 patches, search distance 3, filtering
+    strength 0.8 sigma) with sigma the median absolute deviation of ``x`` minus its 3 x 3 x 3
+    median filter over the voxels above 0.1, scaled to a standard deviation; the residual
+    is ``x - signal``."""
+    from scipy.ndimage import median_filter
+    from skimage.restoration import denoise_nl_means
+
+    x = np.asarray(x, dtype=np.float64)
+    high = x - median_filter(x, 3)
+    sigma = 1.4826 * float(np.median(np.abs(high[x > 0.1])))
+    signal = denoise_nl_means(x, h=0.8 * sigma, sigma=sigma, patch_size=3,
+                              patch_distance=3, fast_mode=True)
+    return signal, x - signal
+
+
+def signal_domain(volume, name, *, seed=0, voxel_size=None):
+    """The shift ``name`` (no suffix) applied to the signal, the noise added after.
+
+    ``x`` (min-max normalized) is split into ``signal + residual`` (:func:`split_noise`);
+    the result is ``apply_shift(signal) + residual``, min-max normalized: the residual
+    keeps its level in the normalized units, the same everywhere, as on another scanner.
+    An ideal inverse map gives back ``x`` up to the residual reshaped by the map's slope.
+    """
+    x = minmax(volume)
+    signal, residual = split_noise(x)
+    y = apply_shift(signal, name, seed=seed, voxel_size=voxel_size) + residual
+    return minmax(np.clip(y, 0.0, None)).astype(np.float32)
+
+
 def apply_shift(volume, name, *, seed=0, voxel_size=None):
     """Apply a named shift to a volume; returns float32 in [0, 1].
 
@@ -105,6 +147,8 @@ def apply_shift(volume, name, *, seed=0, voxel_size=None):
         compression, and 1.5, an expansion, of the grey/white-matter range), ``"bias40"``
         (a smooth multiplicative field of +-40 % alone, :func:`bias_field`) and
         ``"blur+gamma0.8"`` (gamma 0.8, then a Gaussian blur of :data:`BLUR_FWHM` mm).
+        Any of them with the suffix :data:`SIGNAL` (``"exp@signal"``) acts on the signal
+        alone (:func:`signal_domain`).
     seed : int
         Seed of the bias fields (the other shifts do not depend on it).
     voxel_size : sequence of float, optional
@@ -118,6 +162,8 @@ def apply_shift(volume, name, *, seed=0, voxel_size=None):
         bias fields multiply, and the blur spreads the head over a few background voxels
         next to it only.
     """
+    if name.endswith(SIGNAL):
+        return signal_domain(volume, name[: -len(SIGNAL)], seed=seed, voxel_size=voxel_size)
     x = minmax(volume)
     if name == "bias+gamma0.8":
         y = minmax(x * bias_field(x.shape, seed=seed)) ** 0.8
