@@ -209,7 +209,8 @@ def main(argv=None):
                         "histogram matching are then trained on 40 subjects outside both)")
     parser.add_argument("--shifts", nargs="+", default=ALL_SHIFTS + EXTRA_SHIFTS,
                         help="shifts of bids_app.evaluation.shifts (default: ALL_SHIFTS and "
-                        "EXTRA_SHIFTS)")
+                        "EXTRA_SHIFTS); NAME@signal applies NAME to the denoised signal and "
+                        "adds the noise back unchanged, as on another scanner")
     parser.add_argument("--methods", nargs="+", default=["flow-intensity", "paper"],
                         help="app methods; flow-intensity:power or flow-intensity:quantile "
                         "force that --intensity-model (ablation); paper:beta1=VALUE passes "
