@@ -28,6 +28,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _report
 
 DATA = ROOT.parent / "shared" / "data" / "ixi-hh"
 SHIFTS = ["identity", "bias40", "bias+gamma0.8", "exp", "log", "gamma0.7", "gmwm0.5",
@@ -119,11 +120,9 @@ def main(argv=None):
         print(f"{opts.data}: IXI-HH data not found (../shared/data/ixi-hh)", file=sys.stderr)
         return 66
     report = run(opts)
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / f"{opts.name}.json").write_text(json.dumps(report, indent=1))
-    (opts.out / f"{opts.name}.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    from _report import write_report
+
+    return write_report(opts.out, opts.name, report, markdown)
 
 
 if __name__ == "__main__":

@@ -180,11 +180,9 @@ def main(argv=None):
               "subjects": subjects, "ceilings": ceilings(subjects, opts.data),
               "estimates": estimates(subjects, opts.cache, priors)}
     report["seconds"] = time.time() - started
-    opts.out.mkdir(parents=True, exist_ok=True)
-    (opts.out / f"{opts.name}.json").write_text(json.dumps(report, indent=1))
-    (opts.out / f"{opts.name}.md").write_text(markdown(report))
-    print(markdown(report))
-    return 0
+    from _report import write_report
+
+    return write_report(opts.out, opts.name, report, markdown)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@
 #   WORK   folder of the bundle, its checkpoint and the registered-slice cache (/work/train)
 #   DATA   the IXI-HH BIDS dataset (../shared/data/ixi-hh)
 #   STEPS  length of the cosine schedule (4000); ROUNDS  runs (1); MINUTES  per run (110)
+#   NAME   the bundle's stem (ixihh_8mm_target); EXTRA  more blindharmony-train options, e.g.
+#          the rank-from-start run of session 14 (training/README.md):
+#          NAME=ixihh_8mm_rankstart STEPS=2400 MINUTES=150 EXTRA="--contrast-ranking 1
+#          --ranking-temperature 0.01 --ranking-adversaries 8"
 set -euo pipefail
 here=${HERE:-$(cd "$(dirname "$0")/.." && pwd)}
 WORK=${WORK:-/work/train}
@@ -14,18 +18,19 @@ mkdir -p "$WORK"
 cd "$WORK"
 EX=$(python -c "import json; print(' '.join(json.load(open('$here/benchmarks/ixihh_split.json'))['test']))")
 # the 4 mm priors' registered slices, if they are here (the cache is content-keyed)
-for cache in ixihh_slices.npz ixihh_4mm_target_slices.npz; do
-  if [[ -f $cache && ! -e ixihh_8mm_target_slices.npz ]]; then
-    ln -s "$WORK/$cache" ixihh_8mm_target_slices.npz
+name=${NAME:-ixihh_8mm_target}
+for cache in ixihh_slices.npz ixihh_4mm_target_slices.npz ixihh_8mm_target_slices.npz; do
+  if [[ -f $cache && ! -e ${name}_slices.npz ]]; then
+    ln -s "$WORK/$cache" "${name}_slices.npz"
   fi
 done
 for round in $(seq 1 "${ROUNDS:-1}"); do
-  resume=""; [[ -f ixihh_8mm_target.pt.ckpt ]] && resume="--resume"
+  resume=""; [[ -f $name.pt.ckpt ]] && resume="--resume"
   echo "=== round $round $(date)"
   # shellcheck disable=SC2086
-  blindharmony-train "$DATA" ixihh_8mm_target.pt --exclude-label $EX \
+  OMP_NUM_THREADS=1 blindharmony-train "$DATA" "$name.pt" --exclude-label $EX \
     --validation-fraction 0.08 --seed 0 --preset cpu-8mm --downsample 4 \
     --steps "${STEPS:-4000}" --batch-size 64 --nthreads 1 --max-minutes "${MINUTES:-110}" \
     --mask-augmentation 0.3 --mask-edges soft --validate-every 200 --checkpoint-every 200 \
-    -w "$WORK" $resume 2>&1 | tr '\r' '\n' | grep --line-buffered -v 'bpd=.*lr=.*]$' || true
+    -w "$WORK" $resume ${EXTRA:-} 2>&1 | tr '\r' '\n' | grep --line-buffered -v 'bpd=.*lr=.*]$' || true
 done
