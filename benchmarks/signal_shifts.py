@@ -23,7 +23,8 @@ contrast of the signal and adds its noise after. ``NAME@signal`` simulates that
 Usage::
 
     python benchmarks/signal_shifts.py --cache WORK/ixihh_slices.npz \\
-        --prior shipped=bids_app/data/prior/ixihh_cpu.pt 8mm=training/checkpoints/ixihh_8mm_target.pt
+        --prior shipped=bids_app/data/prior/ixihh_cpu.pt \\
+                8mm=training/checkpoints/ixihh_8mm_target.pt -n 4
 """
 
 from __future__ import annotations
@@ -100,8 +101,9 @@ def estimates(subjects, cache, priors):
         for sub in subjects:
             volume = np.asarray(volumes[order.index(sub)], np.float32)
             for shift in ESTIMATE_SHIFTS:
-                forms = [("image", shift)] + ([] if shift == "identity"
-                                               else [("signal", shift + SIGNAL)])
+                forms = [("image", shift)]
+                if shift != "identity":
+                    forms.append(("signal", shift + SIGNAL))
                 for form, name in forms:
                     _, result = harmonize_volume(apply_shift(volume, name), bundle,
                                                  progress=False)
