@@ -61,13 +61,13 @@ def best_monotone(shifted, clean, bins=1024):
 
 
 def ceilings(subjects, data):
+    import nibabel as nb
+
     from bids_app.evaluation.metrics import minmax, summarize
     from bids_app.evaluation.shifts import SIGNAL, apply_shift
 
     rows = []
     for sub in subjects:
-        import nibabel as nb
-
         img = nb.as_closest_canonical(nb.load(str(data / f"sub-{sub}" / "anat" /
                                                   f"sub-{sub}_T1w.nii.gz")))
         clean = minmax(img.get_fdata())
@@ -81,7 +81,7 @@ def ceilings(subjects, data):
     return rows
 
 
-def estimates(subjects, cache, priors):
+def estimates(subjects, cache, priors, data, test):
     import torch
 
     from bids_app.cli.train import collect_images
@@ -89,8 +89,7 @@ def estimates(subjects, cache, priors):
     from bids_app.flow.bundle import load_bundle
     from bids_app.harmonize.volume import harmonize_volume
 
-    split = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())
-    order = [s.replace("sub-", "") for s, _ in collect_images(DATA, exclude=split["test"])]
+    order = [s.replace("sub-", "") for s, _ in collect_images(data, exclude=test)]
     volumes = np.load(cache, mmap_mode="r")["volumes"]
     if len(volumes) != len(order):
         raise SystemExit(f"{cache}: {len(volumes)} volumes, the split has {len(order)} images")
@@ -180,7 +179,7 @@ def main(argv=None):
     report = {"command": " ".join(["python benchmarks/signal_shifts.py",
                                    *(argv if argv is not None else sys.argv[1:])]),
               "subjects": subjects, "ceilings": ceilings(subjects, opts.data),
-              "estimates": estimates(subjects, opts.cache, priors)}
+              "estimates": estimates(subjects, opts.cache, priors, opts.data, split["test"])}
     report["seconds"] = time.time() - started
     from _report import write_report
 
