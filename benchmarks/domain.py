@@ -33,6 +33,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))  # quality
 
 DATA = ROOT.parent / "shared" / "data" / "ixi-hh"
 
@@ -46,6 +47,35 @@ def inverted(volume):
     return (volume.max() - volume).astype(np.float32)
 
 
+def population_candidates(image, truth, bundle, brain, kind):
+    """Each candidate the population alone offers (the identity, the power map closest to
+    the population, the quantile map; :func:`~bids_app.harmonize.selection.select_map`'s
+    list without the prior), applied to ``image``: ``{name: [PSNR in the brain, distance in
+    population spreads]}``, with the head population for ``kind`` "whole" and the brain
+    population for "stripped". Shows how far the population's own maps reach in each."""
+    from bids_app.evaluation.metrics import summarize
+    from bids_app.harmonize.quantiles import (ANCHOR, consistency, population_mask,
+                                              quantile_map, volume_quantiles)
+    from bids_app.harmonize.selection import _candidates
+    from bids_app.preprocess.intensity_maps import apply_global_map
+
+    record = bundle.harmonization["flow-intensity"]
+    population = record["population" if kind == "whole" else "population_brain"]
+    levels = np.asarray(population["levels"])
+    knots = int(record.get("quantile_knots", 65))
+    source = volume_quantiles(image, population_mask(bundle.reference, population), levels)
+    candidates, _ = _candidates(source, population, {}, n_knots=knots, gamma_bias=1.0,
+                                selection="auto", use_prior=False)
+    candidates["quantile"] = quantile_map(source, np.asarray(population["relative_quantiles"]),
+                                          knots, levels=levels,
+                                          anchor=population.get("anchor", ANCHOR))
+    scale = float(np.max(image))
+    return {name: [round(summarize(apply_global_map(image, values, scale) * brain,
+                                   truth * brain)["psnr"], 2),
+                   round(float(consistency(values, source, population)), 3)]
+            for name, values in candidates.items()}
+
+
 def run(opts):
     import nibabel as nb
     import torch
@@ -53,7 +83,7 @@ def run(opts):
 
     from bids_app.cli.train import collect_images
     from bids_app.evaluation.metrics import summarize
-    from bids_app.evaluation.shifts import ALL_SHIFTS, apply_shift
+    from bids_app.evaluation.shifts import apply_shift
     from bids_app.flow.bundle import load_bundle
     from bids_app.harmonize.volume import harmonize_volume
     from bids_app.preprocess.masks import template_brain_mask
@@ -64,6 +94,10 @@ def run(opts):
     brain = template_brain_mask()
     loose = binary_dilation(brain, iterations=1)
     test = json.loads((ROOT / "benchmarks" / "ixihh_split.json").read_text())["test"]
+    if opts.split == "validation":
+        from quality import validation_subjects
+
+        test = validation_subjects(DATA, test)
     images = collect_images(DATA, participant_label=test[: opts.n])
     flags, stripped = [], []
     started = time.time()
@@ -71,8 +105,9 @@ def run(opts):
         native = nb.as_closest_canonical(nb.load(path))
         matrix, _ = register_to_reference(native, bundle.reference, num_threads=opts.threads)
         volume = np.asarray(resample_to_grid(native, bundle.reference, matrix), np.float32)
-        for kind, source in (("in-domain", volume), ("t2-like", t2_like(volume)),
-                             ("inverted", inverted(volume))):
+        kinds = () if opts.no_flags else (("in-domain", volume), ("t2-like", t2_like(volume)),
+                                          ("inverted", inverted(volume)))
+        for kind, source in kinds:
             out, result = harmonize_volume(source, bundle, progress=False)
             m = result["metrics"]
             flags.append({
@@ -82,7 +117,7 @@ def run(opts):
                 "unchanged": bool(np.allclose(out, source, atol=1e-3 * float(source.max()))),
             })
         if index < opts.stripped:
-            for shift in ALL_SHIFTS:
+            for shift in opts.shifts:
                 truth = apply_shift(volume, "identity")
                 u = apply_shift(volume, shift)
                 whole, _ = harmonize_volume(u, bundle, progress=False)
@@ -95,22 +130,19 @@ def run(opts):
                     "source": summarize(u * brain, truth * brain)["psnr"],
                     "whole_head": summarize(whole * brain, truth * brain)["psnr"],
                     "stripped": summarize(cut * brain, truth * brain)["psnr"],
+                    "candidates": {
+                        "whole": population_candidates(u, truth, bundle, brain, "whole"),
+                        "stripped": population_candidates(u * loose, truth, bundle, brain,
+                                                          "stripped"),
+                    },
                 })
         print(f"{subject} done ({time.time() - started:.0f} s)", file=sys.stderr)
     return flags, stripped, time.time() - started
 
 
-def write_markdown(flags, stripped, seconds, opts):
-    subjects = sorted({f["subject"] for f in flags})
+def _flag_rows(flags):
+    """The flag table's lines."""
     lines = [
-        "# Inputs outside the prior's family",
-        "",
-        f"`benchmarks/domain.py` (protocol in its docstring): {len(subjects)} IXI-HH test "
-        f"subjects, the first {len({s['subject'] for s in stripped})} of them also "
-        f"skull-stripped; {seconds:.0f} s on {opts.threads} thread(s).",
-        "",
-        "## The out-of-domain flag",
-        "",
         "| input | flagged | left unchanged when flagged | tissue order (min-max) | "
         "latent norm (min-max) | reasons (count) |",
         "|---|---|---|---|---|---|",
@@ -132,7 +164,56 @@ def write_markdown(flags, stripped, seconds, opts):
             + (", ".join(f"{k} ({v})" for k, v in sorted(reasons.items())) or "-") + " |")
     named = [f"{f['subject']} ({'; '.join(f['reasons'])})" for f in flags
              if f["kind"] == "in-domain" and f["flagged"]]
-    lines += ["", "In-domain images flagged: " + (", ".join(named) or "none") + ".", ""]
+    return lines + ["", "In-domain images flagged: " + (", ".join(named) or "none") + ".", ""]
+
+
+def _candidate_rows(stripped):
+    """The population's own candidates, whole head against brain (rows that record them)."""
+    rows = [s for s in stripped if "candidates" in s]
+    if not rows:
+        return []
+    names = ("identity", "power", "quantile")
+    lines = [
+        "### What the population alone reaches",
+        "",
+        "Each candidate the population offers without the prior "
+        "(`population_candidates`), mean PSNR (dB) in the brain over subjects, whole head "
+        "(the head population) / skull-stripped (the brain population); in brackets the "
+        "median distance to the population in its spreads.",
+        "",
+        "| shift | " + " | ".join(names) + " |",
+        "|---|---|---|---|",
+    ]
+    for shift in dict.fromkeys(s["shift"] for s in rows):
+        cells = []
+        for name in names:
+            part = []
+            for kind in ("whole", "stripped"):
+                values = [s["candidates"][kind][name] for s in rows if s["shift"] == shift]
+                part.append(f"{np.mean([v[0] for v in values]):.1f} "
+                            f"({np.median([v[1] for v in values]):.2f})")
+            cells.append(" / ".join(part))
+        lines.append(f"| {shift} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def write_markdown(flags, stripped, seconds, opts):
+    subjects = sorted({f["subject"] for f in flags + stripped})
+    split = getattr(opts, "split", "test")
+    lines = [
+        "# Inputs outside the prior's family",
+        "",
+        f"`benchmarks/domain.py` (protocol in its docstring): {len(subjects)} IXI-HH {split} "
+        f"subjects, the first {len({s['subject'] for s in stripped})} of them also "
+        f"skull-stripped; {seconds:.0f} s on {opts.threads} thread(s).",
+        "",
+        "## The out-of-domain flag",
+        "",
+    ]
+    if flags:
+        lines += _flag_rows(flags)
+    else:
+        lines += ["Not run (`--no-flags`).", ""]
     if stripped:
         lines += [
             "## Skull-stripped input",
@@ -157,15 +238,26 @@ def write_markdown(flags, stripped, seconds, opts):
                 f"(worst {min(diff):+.1f}) | {sum(s['detected'] for s in rows)} of {len(rows)} "
                 f"| {', '.join(f'{k} {v}' for k, v in sorted(chosen.items()))} |")
         lines.append("")
+        lines += _candidate_rows(stripped)
     return "\n".join(lines)
 
 
 def get_parser():
+    from bids_app.evaluation.shifts import ALL_SHIFTS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[1])
     parser.add_argument("--prior", default=None, help="prior bundle (default: the shipped one)")
     parser.add_argument("-n", type=int, default=24, help="first N test subjects")
     parser.add_argument("--stripped", type=int, default=8,
                         help="of which the first N are also skull-stripped and shifted")
+    parser.add_argument("--split", choices=["test", "validation"], default="test",
+                        help="subjects: the test split (never tuned on, the default) or the "
+                        "prior's validation subjects (for development)")
+    parser.add_argument("--shifts", nargs="+", default=ALL_SHIFTS,
+                        help="shifts of the skull-stripped part (default ALL_SHIFTS; "
+                        "NAME@signal shifts the signal and keeps the noise)")
+    parser.add_argument("--no-flags", action="store_true",
+                        help="skip the out-of-domain part (skull-stripped input only)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--name", default="domain")
