@@ -22,6 +22,11 @@ holding the most head, as the default method scores them) the table reports:
     field (:func:`bids_app.harmonize.prior_map.fit_prior_map`, L-BFGS through the flow),
     and on unshifted images (where the identity is the answer, 100 dB).
 
+With ``--signal`` every change acts on the signal alone (``T(s) + r``, ``s`` and ``r`` the
+non-local-means split of :func:`bids_app.evaluation.shifts.split_noise`, min-max again), as
+another scanner changes contrast; (a) then asks whether the prior prefers the inverse the
+method looks for, whose result keeps the noise reshaped by its slope.
+
 A prior is ``NAME=BUNDLE`` or ``NAME=BUNDLE,COMPANION`` (the ratio criterion); bundles
 trained with ``--downsample 2`` or ``4`` are scored on block-averaged slices. The span term
 of (a)-(c) counts what the method counts with each bundle (``--span-pixels bundle``: all
@@ -142,35 +147,50 @@ def load_prior(spec, device="cpu", span_pixels="bundle"):
             "bundle": Path(target).name, "companion_bundle": Path(companion).name or None}
 
 
-def shifted(v, change, seed):
-    """``(u, g, g')``: the shifted volume and its true inverse map (callables on arrays).
+def shifted(v, change, seed, split=None):
+    """``(u, g, g', field)``: the shifted volume and its true inverse map (callables on
+    arrays).
 
     For ``bias40`` the map varies in space: ``g`` and ``g'`` then take the field's slices
-    too (``g(u, f)``).
+    too (``g(u, f)``). With ``split`` ``(signal, residual)`` of ``v``
+    (:func:`bids_app.evaluation.shifts.split_noise`; ``--signal``) the change acts on the
+    signal and the residual is added back unchanged, as
+    :func:`bids_app.evaluation.shifts.signal_domain` does; ``g`` is then the inverse the
+    method looks for (of the change and the final rescaling), which gives ``v`` back up to
+    the residual reshaped by its slope.
     """
     from bids_app.evaluation.shifts import bias_field
 
+    base = v if split is None else split[0]
     if change == "bias40":
         field = bias_field(v.shape, strength=0.4, seed=seed)
-        top = float((v * field).max())
-        return (v * field / top, lambda u, f: u * top / f, lambda u, f: top / f, field)
-    f, df = CHANGES[change]
-    t0, t1 = f(0.0), f(1.0)
-    u = (f(v) - t0) / (t1 - t0)
-    grid = np.linspace(0.0, 1.0, 8193)
-    values = (f(grid) - t0) / (t1 - t0)
+        top = float((base * field).max())
+        u, g, dg = base * field / top, (lambda w, f: w * top / f), (lambda w, f: top / f)
+    else:
+        field = None
+        f, df = CHANGES[change]
+        t0, t1 = f(0.0), f(1.0)
+        u = (f(base) - t0) / (t1 - t0)
+        grid = np.linspace(0.0, 1.0, 8193)
+        values = (f(grid) - t0) / (t1 - t0)
 
-    def g(w, _=None):
-        return np.interp(w, values, grid)
+        def g(w, _=None):
+            return np.interp(w, values, grid)
 
-    def dg(w, _=None):
-        return (t1 - t0) / np.maximum(df(g(w)), 1e-12)
+        def dg(w, _=None):
+            return (t1 - t0) / np.maximum(df(g(w)), 1e-12)
 
-    return u, g, dg, None
+    if split is None:
+        return u, g, dg, field
+    y = np.clip(u + split[1], 0.0, None)
+    scale = float(y.max())
+    return (y / scale, lambda w, f=None: g(w * scale, f),
+            lambda w, f=None: dg(w * scale, f) * scale, field)
 
 
-def image_scores(prior, v, scoring, opts, seed):
-    """One validation image under one prior: every row's numbers."""
+def image_scores(prior, v, scoring, opts, seed, split=None):
+    """One validation image under one prior: every row's numbers (``split``: the signal
+    shifts of ``--signal``, :func:`shifted`)."""
     import torch
 
     from bids_app.evaluation.metrics import minmax, summarize
@@ -220,7 +240,7 @@ def image_scores(prior, v, scoring, opts, seed):
         out["in_domain_psnr_spline"] = spline_psnr(v)
     raw_x = bits(score(xs, xs, np.zeros_like(xs))) if companion is None else None
     for change in opts.changes:
-        u, g, dg, field = shifted(v, change, seed)
+        u, g, dg, field = shifted(v, change, seed, split)
         us = stack(u)
         fs = stack(field) if field is not None else None
         truth = g(us, fs)
@@ -244,6 +264,7 @@ def run(opts):
     import torch
 
     from bids_app.evaluation.metrics import minmax
+    from bids_app.evaluation.shifts import split_noise
     from bids_app.preprocess.slices import scoring_slice_indices
     from bids_app.preprocess.slices import normalize_slices
 
@@ -258,8 +279,10 @@ def run(opts):
         v = minmax(volume)
         slices, _, _, valid = normalize_slices(v)
         scoring = scoring_slice_indices(slices, valid, opts.slices)
+        split = split_noise(v) if opts.signal else None
         for prior in priors:
-            results[prior["name"]][subject] = image_scores(prior, v, scoring, opts, index)
+            results[prior["name"]][subject] = image_scores(prior, v, scoring, opts, index,
+                                                           split)
         print(f"{subject} done ({time.time() - started:.0f} s)", file=sys.stderr)
     return subjects, priors, results, time.time() - started
 
@@ -308,7 +331,11 @@ def write_markdown(rows, subjects, opts, seconds):
         f"{len(subjects)} validation images of the shipped prior's split "
         f"({', '.join(subjects)}), {opts.slices} scoring slices each, power maps searched "
         f"with {opts.evaluations} evaluations on [0.25, 4]. {seconds:.0f} s on "
-        f"{opts.threads} thread(s), {platform.processor() or platform.machine()}.",
+        f"{opts.threads} thread(s), {platform.processor() or platform.machine()}."
+        + (" Signal shifts (`--signal`): each change acts on the non-local-means signal "
+           "and the noise is added back unchanged; the true inverse gives the image back "
+           "only up to that noise reshaped by its slope." if getattr(opts, "signal", False)
+           else ""),
         "",
         "Command: `python benchmarks/prior_contrast.py "
         + " ".join(_quote(a) for a in (opts.argv or [])) + "`.",
@@ -382,6 +409,10 @@ def get_parser():
                              "the background's zeros (counted), all of them (all: the "
                              "criterion of the tables before session 7), or what the method "
                              "uses with each bundle (bundle: all for the shipped prior)")
+    parser.add_argument("--signal", action="store_true",
+                        help="apply every change to the non-local-means signal and add the "
+                             "noise back unchanged, as another scanner would "
+                             "(bids_app.evaluation.shifts.signal_domain)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "benchmarks")
     parser.add_argument("--name", default="prior_contrast")
