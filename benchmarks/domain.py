@@ -117,8 +117,8 @@ def run(opts):
                 "unchanged": bool(np.allclose(out, source, atol=1e-3 * float(source.max()))),
             })
         if index < opts.stripped:
+            truth = apply_shift(volume, "identity")
             for shift in opts.shifts:
-                truth = apply_shift(volume, "identity")
                 u = apply_shift(volume, shift)
                 whole, _ = harmonize_volume(u, bundle, progress=False)
                 cut, result = harmonize_volume(u * loose, bundle, progress=False)

@@ -22,6 +22,20 @@ GAMMA_RANGE = (0.3, 3.0)
 EDGE = 0.95
 
 
+def stripped_estimate(flow, masked, scoring_slices):
+    """The prior's power estimate on brain-masked validation volumes and what stands in
+    the way of calibrating it: ``(fit, problems)``
+    (:func:`~bids_app.harmonize.intensity.calibrate_power_map`,
+    :func:`~bids_app.harmonize.intensity.calibration_problems`; no problems: the fit is
+    recorded as the bundle's ``stripped`` estimate)."""
+    from .intensity import calibrate_power_map, calibration_problems
+
+    with torch.no_grad():
+        fit = calibrate_power_map(flow, masked, scoring_slices=scoring_slices,
+                                  gamma_range=GAMMA_RANGE)
+    return fit, calibration_problems(fit, gamma_range=GAMMA_RANGE, edge=EDGE)
+
+
 def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
     """Measure the calibration on ``volumes`` (validation) and save it in the bundle.
 
@@ -55,9 +69,7 @@ def calibrate_bundle(bundle_path, volumes, *, train_volumes=None, device="cpu"):
         domain = calibrate_domain(bundle.flow, volumes)
         if on_grid:
             masked = [np.asarray(v) * brain for v in volumes]
-            stripped_fit = calibrate_power_map(bundle.flow, masked, scoring_slices=scoring,
-                                               gamma_range=GAMMA_RANGE)
-            problems = calibration_problems(stripped_fit, gamma_range=GAMMA_RANGE, edge=EDGE)
+            stripped_fit, problems = stripped_estimate(bundle.flow, masked, scoring)
             if not problems:
                 record["flow-intensity"]["stripped"] = stripped_fit
             else:
@@ -120,4 +132,4 @@ def calibrate_field(bundle_path, train_volumes, *, device="cpu"):
     return record
 
 
-__all__ = ["calibrate_bundle", "calibrate_field"]
+__all__ = ["calibrate_bundle", "calibrate_field", "stripped_estimate"]
